@@ -1,0 +1,137 @@
+//! `natsplug up`: run the host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::config::HostConfig;
+use crate::nats::{self, EmbeddedServer};
+use crate::server::Host;
+
+pub const EXAMPLES: &str = "Examples:
+  natsplug up --plugins ./plugins
+  natsplug up --config natsplug.toml --nats nats://10.0.0.5:4222
+  RUST_LOG=natsplug=debug natsplug up";
+
+/// Flags of `up`; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "NATSPLUG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of .wasm plugins [default: plugins].
+    #[arg(long, env = "NATSPLUG_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// NATS server URL; repeat (or separate with commas) for a cluster.
+    /// Without one, a local nats-server is used or started.
+    #[arg(long = "nats", env = "NATSPLUG_NATS_URL", value_delimiter = ',')]
+    nats_urls: Vec<String>,
+    /// Subject prefix [default: nylon.plugin].
+    #[arg(long, env = "NATSPLUG_PREFIX")]
+    prefix: Option<String>,
+    /// Queue group of every subscription [default: natsplug].
+    #[arg(long, env = "NATSPLUG_QUEUE_GROUP")]
+    queue_group: Option<String>,
+    /// Worker threads running plugin code [default: one per core].
+    #[arg(long, env = "NATSPLUG_WORKERS")]
+    workers: Option<usize>,
+}
+
+impl UpArgs {
+    /// The config file (or defaults) with the flags applied.
+    fn resolve(&self) -> anyhow::Result<HostConfig> {
+        let mut config = match &self.config {
+            Some(path) => HostConfig::from_file(path)?,
+            None => HostConfig::default(),
+        };
+        if let Some(dir) = &self.plugins {
+            config.plugins.dir = dir.clone();
+        }
+        if !self.nats_urls.is_empty() {
+            config.nats.urls = self.nats_urls.clone();
+        }
+        if let Some(prefix) = &self.prefix {
+            config.subjects.prefix = prefix.clone();
+        }
+        if let Some(group) = &self.queue_group {
+            config.subjects.queue_group = group.clone();
+        }
+        if let Some(workers) = self.workers {
+            config.runtime.workers = workers;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let config = args.resolve()?;
+    // Check the directory before anything is started.
+    crate::server::wasm_files(&config.plugins.dir)?;
+
+    let embedded = if config.nats.urls.is_empty() && !nats::is_listening(nats::LOCAL_ADDR) {
+        Some(EmbeddedServer::start().await?)
+    } else {
+        None
+    };
+    let urls = config.nats_urls();
+    let client = nats::connect(&urls).await?;
+    let host = Host::new(config, client)
+        .await
+        .context("starting the host")?;
+    let failures = host.load_directory().await?;
+
+    let subjects = host.subjects().await;
+    let status = host.status().await;
+    println!(
+        "natsplug ready: {} plugin(s), {} subject(s), queue group `{}`{}",
+        status.len(),
+        subjects.len(),
+        host.config().subjects.queue_group,
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(", {} file(s) failed to load", failures.len())
+        }
+    );
+    for subject in &subjects {
+        println!("  {subject}");
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining subscriptions, finishing calls in flight (signal again to exit now)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    host.shutdown().await?;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,360 @@
+//! All host configuration in one typed place: read from TOML, overridden by
+//! command-line flags and environment variables, validated once at start-up.
+//!
+//! Every field has a default, so an empty file (or none) is a valid config.
+//! The defaults are documented on each field and in the README.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Subject prefix and queue group.
+    pub subjects: SubjectsConfig,
+    /// Where plugins come from.
+    pub plugins: PluginsConfig,
+    /// Worker threads, limits and instance reuse.
+    pub runtime: RuntimeConfig,
+    /// Per-plugin settings, keyed by plugin name: `[plugin.auth]`.
+    pub plugin: BTreeMap<String, PluginSettings>,
+}
+
+/// NATS connection settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs. Empty (the default): use `nats://127.0.0.1:4222`, and
+    /// `up` starts a local `nats-server` there when none is listening.
+    pub urls: Vec<String>,
+}
+
+/// Subject layout: plugins are served on `{prefix}.{plugin}.{phase}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubjectsConfig {
+    /// Default `nylon.plugin`.
+    pub prefix: String,
+    /// Queue group of every phase subscription. Default `natsplug`.
+    pub queue_group: String,
+}
+
+impl Default for SubjectsConfig {
+    fn default() -> Self {
+        SubjectsConfig {
+            prefix: "nylon.plugin".into(),
+            queue_group: "natsplug".into(),
+        }
+    }
+}
+
+/// Plugin source settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory of `.wasm` components; plugin name = file stem. Default `plugins`.
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("plugins"),
+        }
+    }
+}
+
+/// How plugin instances are kept between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMode {
+    /// A warm instance per worker thread and plugin serves many calls, and
+    /// is replaced after `max_calls_per_instance` calls, any trap, or a reload.
+    Reuse,
+    /// A new instance for every call: nothing survives between calls.
+    Fresh,
+}
+
+/// Execution settings shared by all plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Threads that run plugin code. 0 (the default) = one per CPU core.
+    pub workers: usize,
+    /// `reuse` (default) or `fresh`.
+    pub instance_mode: InstanceMode,
+    /// With `reuse`, calls served by one instance before it is replaced. Default 10000.
+    pub max_calls_per_instance: u64,
+    /// Deadline of one plugin call in milliseconds. Default 1000.
+    pub call_timeout_ms: u64,
+    /// Linear memory cap per instance, in MiB. Default 64.
+    pub max_memory_mb: u64,
+    /// Largest accepted request payload in bytes. Default 1 MiB.
+    pub max_request_bytes: usize,
+    /// Calls in flight (queued or running) per host. Default 1024.
+    pub max_in_flight: usize,
+    /// Calls in flight per plugin, unless the plugin sets its own. Default 256.
+    pub max_in_flight_per_plugin: usize,
+    /// Instance slots of the pooling allocator. Default 1000.
+    pub pool_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            instance_mode: InstanceMode::Reuse,
+            max_calls_per_instance: 10_000,
+            call_timeout_ms: 1000,
+            max_memory_mb: 64,
+            max_request_bytes: 1024 * 1024,
+            max_in_flight: 1024,
+            max_in_flight_per_plugin: 256,
+            pool_instances: 1000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}
+
+/// Settings of one plugin: `[plugin.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Calls in flight for this plugin; default `runtime.max_in_flight_per_plugin`.
+    pub max_in_flight: Option<usize>,
+    /// Values the plugin reads with `config-get`: `[plugin.NAME.config]`.
+    /// Strings, numbers and booleans are accepted and passed as text.
+    #[serde(deserialize_with = "scalar_map")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn scalar_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "plugin config value `{key}` is a {}; use a string, number or boolean",
+                        other.type_str()
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
+impl HostConfig {
+    /// Read a TOML config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<HostConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        HostConfig::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> anyhow::Result<HostConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The NATS URLs to connect to (the local default when none is set).
+    pub fn nats_urls(&self) -> Vec<String> {
+        if self.nats.urls.is_empty() {
+            vec![DEFAULT_NATS_URL.to_string()]
+        } else {
+            self.nats.urls.clone()
+        }
+    }
+
+    /// The settings of plugin `name` (defaults when it has none).
+    pub fn plugin_settings(&self, name: &str) -> PluginSettings {
+        self.plugin.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The in-flight cap of plugin `name`.
+    pub fn plugin_max_in_flight(&self, name: &str) -> usize {
+        self.plugin
+            .get(name)
+            .and_then(|s| s.max_in_flight)
+            .unwrap_or(self.runtime.max_in_flight_per_plugin)
+    }
+
+    /// Check every value; the error says which key is wrong and how to fix it.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_subject("subjects.prefix", &self.subjects.prefix)?;
+        if !valid_token(&self.subjects.queue_group) {
+            bail!(
+                "subjects.queue_group `{}` is not a valid queue group: use letters, digits, `-`, `_` or `.`, no spaces or wildcards",
+                self.subjects.queue_group
+            );
+        }
+        for url in &self.nats.urls {
+            if url.trim().is_empty() {
+                bail!("nats.urls contains an empty URL");
+            }
+        }
+        let runtime = &self.runtime;
+        let positive = [
+            ("runtime.max_calls_per_instance", runtime.max_calls_per_instance),
+            ("runtime.call_timeout_ms", runtime.call_timeout_ms),
+            ("runtime.max_memory_mb", runtime.max_memory_mb),
+            ("runtime.max_request_bytes", runtime.max_request_bytes as u64),
+            ("runtime.max_in_flight", runtime.max_in_flight as u64),
+            ("runtime.max_in_flight_per_plugin", runtime.max_in_flight_per_plugin as u64),
+            ("runtime.pool_instances", u64::from(runtime.pool_instances)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        if runtime.max_memory_mb > 4096 {
+            bail!("runtime.max_memory_mb is {}; a 32-bit wasm memory holds at most 4096 MiB", runtime.max_memory_mb);
+        }
+        let needed = runtime.worker_count() as u64;
+        if u64::from(runtime.pool_instances) < needed {
+            bail!(
+                "runtime.pool_instances ({}) is below the worker count ({needed}): every worker needs at least one instance slot",
+                runtime.pool_instances
+            );
+        }
+        for (name, settings) in &self.plugin {
+            validate_plugin_name(name).with_context(|| format!("in [plugin.{name}]"))?;
+            if settings.max_in_flight == Some(0) {
+                bail!("plugin.{name}.max_in_flight must be greater than 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The NATS URL used when none is configured.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Whether `token` can be one token of a NATS subject or a queue group name.
+fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate_subject(key: &str, subject: &str) -> anyhow::Result<()> {
+    let ok = !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|token| !token.is_empty() && valid_token(token));
+    if !ok {
+        bail!(
+            "{key} `{subject}` is not a valid subject prefix: use dot-separated tokens of letters, digits, `-` or `_` (no wildcards, spaces or empty tokens)"
+        );
+    }
+    Ok(())
+}
+
+/// Check that `name` can be a plugin name: a single NATS subject token.
+pub fn validate_plugin_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !ok {
+        bail!(
+            "plugin name `{name}` is not a valid NATS subject token: use letters, digits, `-` or `_` (rename the file)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let config = HostConfig::from_toml("").unwrap();
+        assert_eq!(config, HostConfig::default());
+        assert_eq!(config.subjects.prefix, "nylon.plugin");
+        assert_eq!(config.nats_urls(), vec!["nats://127.0.0.1:4222".to_string()]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = HostConfig::from_toml(
+            r#"
+            [nats]
+            urls = ["nats://a:4222", "nats://b:4222"]
+            [subjects]
+            prefix = "edge.plugins"
+            queue_group = "edge"
+            [plugins]
+            dir = "/srv/plugins"
+            [runtime]
+            workers = 3
+            instance_mode = "fresh"
+            call_timeout_ms = 250
+            [plugin.auth]
+            max_in_flight = 8
+            [plugin.auth.config]
+            token = "s3cret"
+            retries = 3
+            strict = true
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.runtime.instance_mode, InstanceMode::Fresh);
+        assert_eq!(config.plugin_max_in_flight("auth"), 8);
+        assert_eq!(config.plugin_max_in_flight("other"), 256);
+        let auth = config.plugin_settings("auth");
+        assert_eq!(auth.config["retries"], "3");
+        assert_eq!(auth.config["strict"], "true");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let error = HostConfig::from_toml("[runtime]\nworkerz = 2").unwrap_err();
+        assert!(format!("{error:#}").contains("unknown field `workerz`"), "{error:#}");
+
+        let mut config = HostConfig::default();
+        config.subjects.prefix = "a.*".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("subjects.prefix `a.*` is not a valid subject prefix"), "{error}");
+
+        let mut config = HostConfig::default();
+        config.runtime.call_timeout_ms = 0;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "runtime.call_timeout_ms must be greater than 0"
+        );
+        assert!(validate_plugin_name("bad name").is_err());
+        assert!(validate_plugin_name("auth-v2").is_ok());
+    }
+}

@@ -1,0 +1,29 @@
+//! natsplug: WebAssembly component plugins served behind NATS.
+//!
+//! The host subscribes to `{prefix}.{plugin}.{phase}` in a queue group for
+//! every phase each plugin implements, and runs each request through the
+//! plugin's component. The request path, one module per step:
+//!
+//! subscription ([`server`]) → decode ([`protocol`]) → pick an instance
+//! ([`executor`]) → call the guest ([`dispatch`]) → encode → reply.
+//!
+//! Plugins are loaded by [`plugin`] against the contract in `wit/`, and run
+//! in the sandbox of [`sandbox`] on the engine of [`engine`].
+
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod executor;
+pub mod logs;
+pub mod nats;
+pub mod phase;
+pub mod plugin;
+pub mod protocol;
+pub mod sandbox;
+pub mod server;
+pub mod stats;
+
+pub use config::HostConfig;
+pub use phase::Phase;

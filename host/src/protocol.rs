@@ -1,0 +1,386 @@
+//! The wire protocol, version 1: the MessagePack messages exchanged on the
+//! phase subjects. This module mirrors `docs/protocol.md`; nothing else in
+//! the host touches MessagePack.
+//!
+//! Messages are MessagePack maps with named fields. Byte fields are `bin`.
+//! Unknown fields are ignored and absent optional fields mean "none".
+
+use serde::{Deserialize, Serialize};
+
+use crate::phase::Phase;
+
+/// The protocol version this host speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Header carrying the error message of an error reply (NATS micro services).
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+/// Header carrying the numeric error code of an error reply.
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// An HTTP header list: `[name, value]` pairs, order kept, duplicates allowed.
+pub type HeaderList = Vec<(String, String)>;
+
+/// A phase request, sent by the caller to `{prefix}.{plugin}.{phase}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseRequest {
+    /// Protocol version; must be [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Echoed in the reply.
+    pub request_id: String,
+    /// The same for every phase of one HTTP exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u64>,
+    /// The phase name; must match the subject's phase.
+    pub phase: String,
+    /// The HTTP request.
+    pub request: HttpRequest,
+    /// The upstream response: response phases and logging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HttpResponse>,
+    /// The body chunk: `response_body_filter` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<BodyChunk>,
+    /// Time the exchange took: logging only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// The HTTP request of an exchange.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(default)]
+    pub headers: HeaderList,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// The upstream HTTP response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: HeaderList,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// One chunk of a response body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BodyChunk {
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    pub end_of_stream: bool,
+    /// The `state` of the previous chunk's reply, echoed by the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub state: Option<Vec<u8>>,
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Continue, applying the mutations.
+    Next,
+    /// Answer the client now with `status`, `response_headers` and `body`.
+    End,
+    /// The phase failed; `error` says why.
+    Error,
+}
+
+/// Header changes: removals apply first, then each `set` replaces all
+/// headers of that name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderMutations {
+    #[serde(default)]
+    pub set: HeaderList,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The reply to a phase request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReply {
+    pub version: u16,
+    pub request_id: String,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderMutations>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderMutations>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `response_body_filter`: bytes to echo in the next chunk's `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub state: Option<Vec<u8>>,
+}
+
+impl PhaseReply {
+    /// A reply that continues unchanged.
+    pub fn next(request_id: impl Into<String>) -> Self {
+        PhaseReply {
+            version: PROTOCOL_VERSION,
+            request_id: request_id.into(),
+            action: Action::Next,
+            request_headers: None,
+            response_headers: None,
+            status: None,
+            body: None,
+            error: None,
+            state: None,
+        }
+    }
+
+    /// An `"error"` reply carrying `message`.
+    pub fn error(request_id: impl Into<String>, message: impl Into<String>) -> Self {
+        PhaseReply {
+            action: Action::Error,
+            error: Some(message.into()),
+            ..PhaseReply::next(request_id)
+        }
+    }
+}
+
+/// Why a request was refused before or while it ran, with the code sent in
+/// `Nats-Service-Error-Code`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The payload is not a valid version-1 phase request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The payload is larger than the host accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The plugin failed: trap, panic, invalid result (500).
+    #[error("{0}")]
+    PluginFailed(String),
+    /// The host is at its concurrency limit (503).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The plugin call ran past its deadline (504).
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl RequestError {
+    /// The numeric code for `Nats-Service-Error-Code`.
+    pub fn code(&self) -> u16 {
+        match self {
+            RequestError::BadRequest(_) => 400,
+            RequestError::TooLarge(_) => 413,
+            RequestError::PluginFailed(_) => 500,
+            RequestError::Overloaded(_) => 503,
+            RequestError::Timeout(_) => 504,
+        }
+    }
+}
+
+/// The fields of a request that can still be read when the whole request
+/// cannot: used to echo `request_id` and explain a version mismatch.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    version: Option<u16>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Decode a phase request arriving on the subject of `phase`.
+///
+/// On failure returns the request id (when readable) and the error to send.
+pub fn decode_request(
+    payload: &[u8],
+    phase: Phase,
+) -> Result<PhaseRequest, (String, RequestError)> {
+    match rmp_serde::from_slice::<PhaseRequest>(payload) {
+        Ok(request) => {
+            if request.version != PROTOCOL_VERSION {
+                return Err((request.request_id, unsupported_version(request.version)));
+            }
+            if request.phase != phase.as_str() {
+                let message = match Phase::parse(&request.phase) {
+                    Some(_) => format!(
+                        "the request's phase `{}` does not match the subject's phase `{}`",
+                        request.phase, phase
+                    ),
+                    None => format!(
+                        "unknown phase `{}`: expected one of {}",
+                        request.phase,
+                        Phase::ALL.map(|p| p.as_str()).join(", ")
+                    ),
+                };
+                return Err((request.request_id, RequestError::BadRequest(message)));
+            }
+            Ok(request)
+        }
+        Err(decode_error) => {
+            let envelope = rmp_serde::from_slice::<Envelope>(payload).ok();
+            let request_id = envelope
+                .as_ref()
+                .and_then(|e| e.request_id.clone())
+                .unwrap_or_default();
+            let error = match envelope.and_then(|e| e.version) {
+                Some(version) if version != PROTOCOL_VERSION => unsupported_version(version),
+                _ => RequestError::BadRequest(format!(
+                    "malformed phase request: {decode_error} (expected a MessagePack map as described in docs/protocol.md)"
+                )),
+            };
+            Err((request_id, error))
+        }
+    }
+}
+
+fn unsupported_version(version: u16) -> RequestError {
+    RequestError::BadRequest(format!(
+        "unsupported protocol version {version}: this host speaks version {PROTOCOL_VERSION}"
+    ))
+}
+
+/// Encode a phase request (for callers and tests).
+pub fn encode_request(request: &PhaseRequest) -> Vec<u8> {
+    rmp_serde::to_vec_named(request).expect("phase requests always serialize")
+}
+
+/// Encode a reply.
+pub fn encode_reply(reply: &PhaseReply) -> Vec<u8> {
+    rmp_serde::to_vec_named(reply).expect("phase replies always serialize")
+}
+
+/// Decode a reply (for callers and tests).
+pub fn decode_reply(payload: &[u8]) -> Result<PhaseReply, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PhaseRequest {
+        PhaseRequest {
+            version: 1,
+            request_id: "r-1".into(),
+            session_id: Some(7),
+            phase: "request_filter".into(),
+            request: HttpRequest {
+                method: "POST".into(),
+                path: "/x".into(),
+                query: Some("a=1".into()),
+                host: None,
+                client_ip: Some("10.0.0.1".into()),
+                headers: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+                body: Some(b"hello".to_vec()),
+            },
+            response: None,
+            chunk: None,
+            duration_ms: None,
+        }
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let request = sample();
+        let bytes = encode_request(&request);
+        assert_eq!(decode_request(&bytes, Phase::RequestFilter).unwrap(), request);
+    }
+
+    #[test]
+    fn byte_fields_are_msgpack_bin() {
+        let bytes = encode_request(&sample());
+        // bin 8 marker (0xc4), length 5, then the raw bytes.
+        let needle = [0xc4, 5, b'h', b'e', b'l', b'l', b'o'];
+        assert!(bytes.windows(needle.len()).any(|w| w == needle));
+        let reply = PhaseReply {
+            body: Some(vec![1, 2, 3]),
+            ..PhaseReply::next("r")
+        };
+        let bytes = encode_reply(&reply);
+        assert!(bytes.windows(5).any(|w| w == [0xc4, 3, 1, 2, 3]));
+        assert_eq!(decode_reply(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_absent_options_are_none() {
+        #[derive(Serialize)]
+        struct Extra<'a> {
+            version: u16,
+            request_id: &'a str,
+            phase: &'a str,
+            request: HttpRequest,
+            from_the_future: Vec<u32>,
+        }
+        let bytes = rmp_serde::to_vec_named(&Extra {
+            version: 1,
+            request_id: "r-2",
+            phase: "logging",
+            request: HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                ..Default::default()
+            },
+            from_the_future: vec![1, 2],
+        })
+        .unwrap();
+        let request = decode_request(&bytes, Phase::Logging).unwrap();
+        assert_eq!(request.request_id, "r-2");
+        assert_eq!(request.session_id, None);
+        assert_eq!(request.response, None);
+        assert_eq!(request.request.body, None);
+    }
+
+    #[test]
+    fn reply_action_is_a_lowercase_string() {
+        let bytes = encode_reply(&PhaseReply::error("r", "boom"));
+        // fixstr "action" followed by fixstr "error".
+        let needle = b"\xa6action\xa5error";
+        assert!(bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let (_, error) = decode_request(b"\xc1garbage", Phase::RequestFilter).unwrap_err();
+        assert_eq!(error.code(), 400);
+        assert!(error.to_string().starts_with("malformed phase request"));
+
+        let mut future = sample();
+        future.version = 2;
+        let (id, error) = decode_request(&encode_request(&future), Phase::RequestFilter).unwrap_err();
+        assert_eq!(id, "r-1");
+        assert_eq!(
+            error.to_string(),
+            "unsupported protocol version 2: this host speaks version 1"
+        );
+
+        let (_, error) = decode_request(&encode_request(&sample()), Phase::Logging).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the request's phase `request_filter` does not match the subject's phase `logging`"
+        );
+
+        #[derive(Serialize)]
+        struct Missing<'a> {
+            version: u16,
+            request_id: &'a str,
+            phase: &'a str,
+        }
+        let bytes = rmp_serde::to_vec_named(&Missing {
+            version: 1,
+            request_id: "r-3",
+            phase: "logging",
+        })
+        .unwrap();
+        let (id, error) = decode_request(&bytes, Phase::Logging).unwrap_err();
+        assert_eq!(id, "r-3");
+        assert!(error.to_string().contains("missing field `request`"), "{error}");
+    }
+}

@@ -1,0 +1,145 @@
+//! The state of one plugin instance: an empty WASI context (no files, no
+//! network, no environment), memory limits, and the host imports of the
+//! WIT `host` interface (logging and per-plugin configuration).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::natsplug::plugin::host::{self, Level, Value};
+use crate::logs::{LogLevel, LogRecord, LogValue};
+
+/// The most records one call may log; the rest are counted as dropped.
+pub const MAX_RECORDS_PER_CALL: usize = 1000;
+
+/// What every instance of a plugin shares: its name, version and config.
+#[derive(Debug)]
+pub struct PluginIdentity {
+    pub name: String,
+    pub version: Option<String>,
+    pub config: BTreeMap<String, String>,
+}
+
+/// The ids of the call in progress, attached to the records it logs.
+#[derive(Debug, Default, Clone)]
+pub struct CallContext {
+    pub request_id: String,
+    pub session_id: Option<u64>,
+    pub trace_id: Option<String>,
+}
+
+/// The `T` of every plugin `Store<T>`.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) identity: Arc<PluginIdentity>,
+    pub(crate) call: CallContext,
+    pub(crate) records: Vec<LogRecord>,
+    pub(crate) dropped_records: u64,
+}
+
+impl InstanceState {
+    /// A fresh state for an instance of the plugin `identity`, whose linear
+    /// memory may grow to `max_memory_bytes`.
+    pub fn new(identity: Arc<PluginIdentity>, max_memory_bytes: usize) -> Self {
+        InstanceState {
+            // Nothing is inherited: no preopened directories, no sockets,
+            // no environment, no arguments; stdout and stderr are discarded.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(max_memory_bytes)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            identity,
+            call: CallContext::default(),
+            records: Vec::new(),
+            dropped_records: 0,
+        }
+    }
+
+    /// Take the records logged since the last call to this.
+    pub fn take_records(&mut self) -> (Vec<LogRecord>, u64) {
+        (
+            std::mem::take(&mut self.records),
+            std::mem::take(&mut self.dropped_records),
+        )
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::natsplug::plugin::types::Host for InstanceState {}
+
+impl host::Host for InstanceState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, Value)>) {
+        if self.records.len() >= MAX_RECORDS_PER_CALL {
+            self.dropped_records += 1;
+            return;
+        }
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let fields = fields
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Value::Text(s) => LogValue::Text(s),
+                    Value::Integer(i) => LogValue::Integer(i),
+                    Value::Float(f) => LogValue::Float(f),
+                    Value::Boolean(b) => LogValue::Boolean(b),
+                };
+                (key, value)
+            })
+            .collect();
+        self.records.push(LogRecord {
+            timestamp: std::time::SystemTime::now(),
+            level,
+            message,
+            plugin: self.identity.name.clone(),
+            plugin_version: self.identity.version.clone(),
+            request_id: Some(self.call.request_id.clone()),
+            session_id: self.call.session_id,
+            trace_id: self.call.trace_id.clone(),
+            fields,
+        });
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        self.identity.config.get(&key).cloned()
+    }
+
+    fn config_entries(&mut self) -> Vec<(String, String)> {
+        self.identity
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The linker every plugin is instantiated with: WASI p2 (with an empty
+/// context) and the WIT `host` interface.
+pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+    crate::bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    Ok(linker)
+}

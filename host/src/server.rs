@@ -1,0 +1,494 @@
+//! The serving host: one queue subscription per implemented phase of every
+//! plugin, feeding the [`Executor`]; installing, replacing and removing
+//! plugins while serving; draining on shutdown.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
+use async_nats::{Client, HeaderMap, Subscriber};
+use futures::StreamExt;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HostConfig;
+use crate::dispatch::CallSettings;
+use crate::executor::{Executor, Job, WorkerContext, single_line};
+use crate::logs::{LogSink, TracingSink};
+use crate::phase::Phase;
+use crate::plugin::{LoadedPlugin, PluginLoader};
+use crate::protocol::{
+    self, PhaseReply, RequestError, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
+};
+use crate::stats::{EndpointSnapshot, EndpointStats, HostStats};
+
+/// A plugin being served and its subscriptions.
+struct ServedPlugin {
+    /// The version new requests run on; swapped atomically on reload.
+    current: Arc<ArcSwap<LoadedPlugin>>,
+    /// Caps the plugin's calls in flight.
+    permits: Arc<Semaphore>,
+    subscriptions: BTreeMap<Phase, PhaseSubscription>,
+}
+
+struct PhaseSubscription {
+    subject: String,
+    stats: Arc<EndpointStats>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What a host serves for one plugin, for status output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: Option<String>,
+    pub content_hash: String,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One served phase subject and its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointStatus {
+    pub phase: Phase,
+    pub subject: String,
+    pub stats: EndpointSnapshot,
+}
+
+/// Everything a subscription task needs.
+#[derive(Clone)]
+struct Dispatcher {
+    client: Client,
+    executor: Arc<Executor>,
+    host_permits: Arc<Semaphore>,
+    max_request_bytes: usize,
+    stats: Arc<HostStats>,
+}
+
+/// A running host.
+pub struct Host {
+    config: Arc<HostConfig>,
+    loader: PluginLoader,
+    dispatcher: Dispatcher,
+    plugins: Mutex<BTreeMap<String, ServedPlugin>>,
+    stats: Arc<HostStats>,
+}
+
+impl Host {
+    /// Build the runtime for `config` on the connection `client`. Serves
+    /// nothing until plugins are installed (see [`Host::load_directory`]).
+    pub async fn new(config: HostConfig, client: Client) -> anyhow::Result<Host> {
+        Host::with_sink(config, client, Arc::new(TracingSink)).await
+    }
+
+    /// Like [`Host::new`], with plugin log records going to `sink`.
+    pub async fn with_sink(
+        config: HostConfig,
+        client: Client,
+        sink: Arc<dyn LogSink>,
+    ) -> anyhow::Result<Host> {
+        config.validate()?;
+        let runtime = &config.runtime;
+        let engine = crate::engine::build_engine(runtime)?;
+        let max_memory = usize::try_from(runtime.max_memory_mb * 1024 * 1024)
+            .context("runtime.max_memory_mb does not fit this platform")?;
+        let loader = PluginLoader::new(engine, max_memory, runtime.max_in_flight_per_plugin)?;
+        let server_max_payload = client.server_info().max_payload;
+        let max_reply_bytes = if server_max_payload > 0 {
+            server_max_payload
+        } else {
+            usize::MAX
+        };
+        if runtime.max_request_bytes > max_reply_bytes {
+            tracing::warn!(
+                max_request_bytes = runtime.max_request_bytes,
+                server_max_payload,
+                "runtime.max_request_bytes is above the NATS server's max_payload; the server rejects larger messages first"
+            );
+        }
+        let stats = Arc::new(HostStats::default());
+        let executor = Executor::start(
+            runtime.worker_count(),
+            WorkerContext {
+                client: client.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                settings: CallSettings::from_runtime(runtime, max_reply_bytes),
+                sink,
+                stats: stats.clone(),
+            },
+        )?;
+        let dispatcher = Dispatcher {
+            client,
+            executor: Arc::new(executor),
+            host_permits: Arc::new(Semaphore::new(runtime.max_in_flight)),
+            max_request_bytes: runtime.max_request_bytes,
+            stats: stats.clone(),
+        };
+        Ok(Host {
+            config: Arc::new(config),
+            loader,
+            dispatcher,
+            plugins: Mutex::new(BTreeMap::new()),
+            stats,
+        })
+    }
+
+    /// The configuration the host runs with.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// The loader plugins are compiled with.
+    pub fn loader(&self) -> &PluginLoader {
+        &self.loader
+    }
+
+    /// Host-wide counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// The subject of `phase` of plugin `name`.
+    pub fn subject(&self, plugin: &str, phase: Phase) -> String {
+        format!("{}.{plugin}.{phase}", self.config.subjects.prefix)
+    }
+
+    /// Compile and validate the component at `path` off the async runtime.
+    pub async fn compile_file(&self, path: &Path) -> anyhow::Result<LoadedPlugin> {
+        let loader = self.loader.clone();
+        let name = crate::plugin::plugin_name_of(path)?;
+        let settings = self.config.plugin_settings(&name);
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || loader.load_file(&path, &settings))
+            .await
+            .context("the compile task failed")?
+    }
+
+    /// Load every `*.wasm` in the configured plugins directory. A file that
+    /// fails to load is reported and skipped; the others are served.
+    /// Returns the names of the plugins that failed.
+    pub async fn load_directory(&self) -> anyhow::Result<Vec<(PathBuf, anyhow::Error)>> {
+        let dir = self.config.plugins.dir.clone();
+        let files = wasm_files(&dir)?;
+        if files.is_empty() {
+            tracing::warn!(dir = %dir.display(), "no .wasm plugins in the plugins directory yet");
+        }
+        let mut failures = Vec::new();
+        for path in files {
+            match self.compile_file(&path).await {
+                Ok(plugin) => self.install(plugin).await?,
+                Err(error) => {
+                    tracing::error!(file = %path.display(), "plugin not loaded: {error:#}");
+                    failures.push((path, error));
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Serve `plugin`: subscribe to its phases, or, when a plugin of that
+    /// name is served already, swap it in. Requests in flight finish on the
+    /// version they started on.
+    pub async fn install(&self, plugin: LoadedPlugin) -> anyhow::Result<()> {
+        let plugin = Arc::new(plugin);
+        let mut plugins = self.plugins.lock().await;
+        let name = plugin.name.clone();
+        let served = match plugins.remove(&name) {
+            Some(mut served) => {
+                let previous = served.current.swap(plugin.clone());
+                tracing::info!(
+                    plugin = %name,
+                    old_hash = %previous.short_hash(),
+                    new_hash = %plugin.short_hash(),
+                    version = plugin.version.as_deref().unwrap_or("-"),
+                    "plugin replaced"
+                );
+                let gone: Vec<Phase> = served
+                    .subscriptions
+                    .keys()
+                    .copied()
+                    .filter(|phase| !plugin.implements(*phase))
+                    .collect();
+                for phase in gone {
+                    if let Some(subscription) = served.subscriptions.remove(&phase) {
+                        stop_subscription(subscription).await;
+                    }
+                }
+                self.subscribe_missing(&mut served, &plugin).await?;
+                served
+            }
+            None => {
+                let mut served = ServedPlugin {
+                    current: Arc::new(ArcSwap::new(plugin.clone())),
+                    permits: Arc::new(Semaphore::new(plugin.max_in_flight)),
+                    subscriptions: BTreeMap::new(),
+                };
+                self.subscribe_missing(&mut served, &plugin).await?;
+                let subjects: Vec<&str> = served
+                    .subscriptions
+                    .values()
+                    .map(|s| s.subject.as_str())
+                    .collect();
+                tracing::info!(
+                    plugin = %name,
+                    version = plugin.version.as_deref().unwrap_or("-"),
+                    hash = %plugin.short_hash(),
+                    compile_ms = plugin.compile_time.as_millis() as u64,
+                    subjects = %subjects.join(" "),
+                    queue_group = %self.config.subjects.queue_group,
+                    "plugin loaded"
+                );
+                served
+            }
+        };
+        plugins.insert(name, served);
+        Ok(())
+    }
+
+    async fn subscribe_missing(
+        &self,
+        served: &mut ServedPlugin,
+        plugin: &LoadedPlugin,
+    ) -> anyhow::Result<()> {
+        for &phase in &plugin.phases {
+            if served.subscriptions.contains_key(&phase) {
+                continue;
+            }
+            let subject = self.subject(&plugin.name, phase);
+            let subscriber = self
+                .dispatcher
+                .client
+                .queue_subscribe(subject.clone(), self.config.subjects.queue_group.clone())
+                .await
+                .with_context(|| format!("subscribing to {subject}"))?;
+            let stats = Arc::new(EndpointStats::default());
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(serve_subscription(
+                subscriber,
+                phase,
+                served.current.clone(),
+                served.permits.clone(),
+                stats.clone(),
+                self.dispatcher.clone(),
+                stop.clone(),
+            ));
+            served.subscriptions.insert(
+                phase,
+                PhaseSubscription {
+                    subject,
+                    stats,
+                    stop,
+                    task,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stop serving plugin `name`: drain its subscriptions; calls in flight
+    /// finish. Returns whether it was served.
+    pub async fn remove(&self, name: &str) -> bool {
+        let served = self.plugins.lock().await.remove(name);
+        match served {
+            Some(served) => {
+                for subscription in served.subscriptions.into_values() {
+                    stop_subscription(subscription).await;
+                }
+                tracing::info!(plugin = %name, "plugin removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What is served now, plugin by plugin.
+    pub async fn status(&self) -> Vec<PluginStatus> {
+        let plugins = self.plugins.lock().await;
+        plugins
+            .iter()
+            .map(|(name, served)| {
+                let current = served.current.load();
+                PluginStatus {
+                    name: name.clone(),
+                    version: current.version.clone(),
+                    content_hash: current.content_hash.clone(),
+                    endpoints: served
+                        .subscriptions
+                        .iter()
+                        .map(|(phase, s)| EndpointStatus {
+                            phase: *phase,
+                            subject: s.subject.clone(),
+                            stats: s.stats.snapshot(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The subjects served now.
+    pub async fn subjects(&self) -> Vec<String> {
+        let plugins = self.plugins.lock().await;
+        plugins
+            .values()
+            .flat_map(|p| p.subscriptions.values().map(|s| s.subject.clone()))
+            .collect()
+    }
+
+    /// Stop taking requests, answer every request already received, then
+    /// flush the connection.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let plugins = std::mem::take(&mut *self.plugins.lock().await);
+        for served in plugins.into_values() {
+            for subscription in served.subscriptions.into_values() {
+                stop_subscription(subscription).await;
+            }
+        }
+        let client = self.dispatcher.client.clone();
+        let executor = self.dispatcher.executor.clone();
+        drop(self.dispatcher);
+        match Arc::try_unwrap(executor) {
+            Ok(executor) => tokio::task::spawn_blocking(move || executor.shutdown())
+                .await
+                .context("waiting for the workers")?,
+            Err(_) => bail!("the executor is still shared at shutdown"),
+        }
+        client
+            .flush()
+            .await
+            .context("flushing the last replies to NATS")?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
+        Ok(())
+    }
+}
+
+/// The `*.wasm` files of `dir`, sorted.
+pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "reading the plugins directory {} (create it, or point --plugins at the directory holding your .wasm files)",
+            dir.display()
+        )
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+async fn stop_subscription(subscription: PhaseSubscription) {
+    subscription.stop.cancel();
+    if let Err(error) = subscription.task.await {
+        tracing::error!(subject = %subscription.subject, %error, "subscription task failed");
+    }
+}
+
+/// Read one phase subscription until stopped, then drain it: unsubscribe
+/// and still dispatch every message that had already arrived.
+async fn serve_subscription(
+    mut subscriber: Subscriber,
+    phase: Phase,
+    plugin: Arc<ArcSwap<LoadedPlugin>>,
+    permits: Arc<Semaphore>,
+    stats: Arc<EndpointStats>,
+    dispatcher: Dispatcher,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            message = subscriber.next() => match message {
+                Some(message) => dispatcher.dispatch(message, phase, &plugin, &permits, &stats).await,
+                None => return,
+            },
+        }
+    }
+    if let Err(error) = subscriber.drain().await {
+        tracing::warn!(%phase, %error, "could not drain a subscription");
+        return;
+    }
+    while let Some(message) = subscriber.next().await {
+        dispatcher
+            .dispatch(message, phase, &plugin, &permits, &stats)
+            .await;
+    }
+}
+
+impl Dispatcher {
+    async fn dispatch(
+        &self,
+        message: async_nats::Message,
+        phase: Phase,
+        plugin: &ArcSwap<LoadedPlugin>,
+        permits: &Arc<Semaphore>,
+        stats: &Arc<EndpointStats>,
+    ) {
+        let received = Instant::now();
+        let Some(reply_to) = message.reply.clone() else {
+            self.stats.no_reply_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(subject = %message.subject, "dropped a message without a reply subject");
+            return;
+        };
+        if message.payload.len() > self.max_request_bytes {
+            let error = RequestError::TooLarge(format!(
+                "request of {} bytes is above the {} bytes this host accepts (runtime.max_request_bytes)",
+                message.payload.len(),
+                self.max_request_bytes
+            ));
+            self.reply_error(reply_to, error, stats, received).await;
+            return;
+        }
+        // Both permits are held until the reply is sent; waiting here is
+        // what bounds the work queued in the host.
+        let (Ok(host_permit), Ok(plugin_permit)) = (
+            self.host_permits.clone().acquire_owned().await,
+            permits.clone().acquire_owned().await,
+        ) else {
+            return;
+        };
+        self.executor.submit(Job {
+            plugin: plugin.load_full(),
+            phase,
+            message,
+            endpoint: stats.clone(),
+            received,
+            permits: vec![host_permit, plugin_permit],
+        });
+    }
+
+    async fn reply_error(
+        &self,
+        reply_to: async_nats::Subject,
+        error: RequestError,
+        stats: &EndpointStats,
+        received: Instant,
+    ) {
+        let payload = protocol::encode_reply(&PhaseReply::error(String::new(), error.to_string()));
+        let mut headers = HeaderMap::new();
+        headers.insert(SERVICE_ERROR_HEADER, single_line(&error.to_string()).as_str());
+        headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
+        if let Err(publish_error) = self
+            .client
+            .publish_with_headers(reply_to, headers, payload.into())
+            .await
+        {
+            self.stats.reply_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %publish_error, "could not publish an error reply");
+        }
+        stats.record(received.elapsed(), Some(&error.to_string()));
+    }
+}
