@@ -9,11 +9,19 @@ use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
 #[tokio::test]
 async fn header_injector_adds_its_headers() {
     let server = NatsServer::start();
-    let host = TestHost::start(&server.url(), &[("header-injector", guests::HEADER_INJECTOR)], |_| {}).await;
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |_| {},
+    )
+    .await;
     let client = PhaseClient::new(server.connect().await);
 
     let reply = client
-        .send("header-injector", &request("request_filter", "req-1", "GET", "/"))
+        .send(
+            "header-injector",
+            &request("request_filter", "req-1", "GET", "/"),
+        )
         .await;
     assert_eq!(reply.version, 1);
     assert_eq!(reply.request_id, "req-1");
@@ -49,18 +57,25 @@ async fn header_injector_adds_its_headers() {
 #[tokio::test]
 async fn header_injector_reads_its_config() {
     let server = NatsServer::start();
-    let host = TestHost::start(&server.url(), &[("header-injector", guests::HEADER_INJECTOR)], |config| {
-        config
-            .plugin
-            .entry("header-injector".into())
-            .or_default()
-            .config
-            .insert("header".into(), "x-trace".into());
-    })
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |config| {
+            config
+                .plugin
+                .entry("header-injector".into())
+                .or_default()
+                .config
+                .insert("header".into(), "x-trace".into());
+        },
+    )
     .await;
     let client = PhaseClient::new(server.connect().await);
     let reply = client
-        .send("header-injector", &request("request_filter", "abc", "GET", "/"))
+        .send(
+            "header-injector",
+            &request("request_filter", "abc", "GET", "/"),
+        )
         .await;
     assert_eq!(
         reply.request_headers.unwrap().set,
@@ -76,7 +91,9 @@ async fn authz_host(server: &NatsServer) -> TestHost {
     TestHost::start(&server.url(), &[("authz", guests::AUTHZ)], |config| {
         let settings = config.plugin.entry("authz".into()).or_default();
         settings.config.insert("token".into(), "s3cret".into());
-        settings.config.insert("public_paths".into(), "/health,/login".into());
+        settings
+            .config
+            .insert("public_paths".into(), "/health,/login".into());
     })
     .await
 }
@@ -150,7 +167,12 @@ async fn authz_answers_403_for_a_wrong_token_and_passes_the_right_one() {
 #[tokio::test]
 async fn body_redactor_masks_matches_even_across_chunks() {
     let server = NatsServer::start();
-    let host = TestHost::start(&server.url(), &[("body-redactor", guests::BODY_REDACTOR)], |_| {}).await;
+    let host = TestHost::start(
+        &server.url(),
+        &[("body-redactor", guests::BODY_REDACTOR)],
+        |_| {},
+    )
+    .await;
     let client = PhaseClient::new(server.connect().await);
 
     // "the secret is secret" arrives as "the sec" + "ret is sec" + "ret".
@@ -178,7 +200,11 @@ async fn body_redactor_masks_matches_even_across_chunks() {
         if index == pieces.len() - 1 {
             assert_eq!(state, None, "the last chunk flushes everything");
         } else {
-            assert_eq!(state.as_ref().map(Vec::len), Some(5), "holds back len(pattern)-1 bytes");
+            assert_eq!(
+                state.as_ref().map(Vec::len),
+                Some(5),
+                "holds back len(pattern)-1 bytes"
+            );
         }
     }
     assert_eq!(String::from_utf8(output).unwrap(), "the ****** is ******");

@@ -11,6 +11,7 @@ impl Decision {
             status: None,
             body: None,
             error: None,
+            path: None,
             state: None,
         }
     }
@@ -45,13 +46,19 @@ impl Decision {
 
     /// Remove every request header called `name`.
     pub fn remove_request_header(mut self, name: impl Into<String>) -> Self {
-        mutations(&mut self.request_headers).remove.push(name.into());
+        mutations(&mut self.request_headers)
+            .remove
+            .push(name.into());
         self
     }
 
     /// Set response header `name`; with [`Decision::respond`] this sets a
     /// header of the local response.
-    pub fn set_response_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn set_response_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         mutations(&mut self.response_headers)
             .set
             .push((name.into(), value.into()));
@@ -60,7 +67,9 @@ impl Decision {
 
     /// Remove every response header called `name`.
     pub fn remove_response_header(mut self, name: impl Into<String>) -> Self {
-        mutations(&mut self.response_headers).remove.push(name.into());
+        mutations(&mut self.response_headers)
+            .remove
+            .push(name.into());
         self
     }
 
@@ -75,6 +84,13 @@ impl Decision {
     /// response in `response_filter`).
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// `request_filter`: send the request upstream with this path (a query
+    /// may follow a `?`).
+    pub fn rewrite_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
         self
     }
 

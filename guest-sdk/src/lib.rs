@@ -77,7 +77,12 @@ pub trait Plugin {
     }
 
     /// After the exchange: observe it (typically to log), change nothing.
-    fn logging(ctx: Context, request: Request, response: Option<Response>, duration_ms: Option<u64>) {
+    fn logging(
+        ctx: Context,
+        request: Request,
+        response: Option<Response>,
+        duration_ms: Option<u64>,
+    ) {
         let _ = (ctx, request, response, duration_ms);
     }
 }

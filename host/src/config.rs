@@ -221,12 +221,21 @@ impl HostConfig {
         }
         let runtime = &self.runtime;
         let positive = [
-            ("runtime.max_calls_per_instance", runtime.max_calls_per_instance),
+            (
+                "runtime.max_calls_per_instance",
+                runtime.max_calls_per_instance,
+            ),
             ("runtime.call_timeout_ms", runtime.call_timeout_ms),
             ("runtime.max_memory_mb", runtime.max_memory_mb),
-            ("runtime.max_request_bytes", runtime.max_request_bytes as u64),
+            (
+                "runtime.max_request_bytes",
+                runtime.max_request_bytes as u64,
+            ),
             ("runtime.max_in_flight", runtime.max_in_flight as u64),
-            ("runtime.max_in_flight_per_plugin", runtime.max_in_flight_per_plugin as u64),
+            (
+                "runtime.max_in_flight_per_plugin",
+                runtime.max_in_flight_per_plugin as u64,
+            ),
             ("runtime.pool_instances", u64::from(runtime.pool_instances)),
         ];
         for (key, value) in positive {
@@ -235,7 +244,10 @@ impl HostConfig {
             }
         }
         if runtime.max_memory_mb > 4096 {
-            bail!("runtime.max_memory_mb is {}; a 32-bit wasm memory holds at most 4096 MiB", runtime.max_memory_mb);
+            bail!(
+                "runtime.max_memory_mb is {}; a 32-bit wasm memory holds at most 4096 MiB",
+                runtime.max_memory_mb
+            );
         }
         let needed = runtime.worker_count() as u64;
         if u64::from(runtime.pool_instances) < needed {
@@ -301,7 +313,10 @@ mod tests {
         let config = HostConfig::from_toml("").unwrap();
         assert_eq!(config, HostConfig::default());
         assert_eq!(config.subjects.prefix, "nylon.plugin");
-        assert_eq!(config.nats_urls(), vec!["nats://127.0.0.1:4222".to_string()]);
+        assert_eq!(
+            config.nats_urls(),
+            vec!["nats://127.0.0.1:4222".to_string()]
+        );
         config.validate().unwrap();
     }
 
@@ -341,12 +356,18 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let error = HostConfig::from_toml("[runtime]\nworkerz = 2").unwrap_err();
-        assert!(format!("{error:#}").contains("unknown field `workerz`"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("unknown field `workerz`"),
+            "{error:#}"
+        );
 
         let mut config = HostConfig::default();
         config.subjects.prefix = "a.*".into();
         let error = config.validate().unwrap_err().to_string();
-        assert!(error.starts_with("subjects.prefix `a.*` is not a valid subject prefix"), "{error}");
+        assert!(
+            error.starts_with("subjects.prefix `a.*` is not a valid subject prefix"),
+            "{error}"
+        );
 
         let mut config = HostConfig::default();
         config.runtime.call_timeout_ms = 0;

@@ -101,7 +101,10 @@ pub fn run(
         None => match plugin.instantiate() {
             Ok(instance) => slot.insert(instance),
             Err(error) => {
-                let message = format!("plugin `{}` could not be instantiated: {error:#}", plugin.name);
+                let message = format!(
+                    "plugin `{}` could not be instantiated: {error:#}",
+                    plugin.name
+                );
                 return Outcome::failure(request.request_id, RequestError::PluginFailed(message));
             }
         },
@@ -126,14 +129,20 @@ pub fn run(
                     "plugin `{}` returned an invalid decision in {phase}: {problem}",
                     plugin.name
                 ));
-                (PhaseReply::error(request_id.clone(), error.to_string()), Some(error))
+                (
+                    PhaseReply::error(request_id.clone(), error.to_string()),
+                    Some(error),
+                )
             }
         },
         Err(error) => {
             let error = classify_failure(&plugin.name, phase, settings.timeout, &error);
             // A failed instance may be in any state: never reuse it.
             *slot = None;
-            (PhaseReply::error(request_id.clone(), error.to_string()), Some(error))
+            (
+                PhaseReply::error(request_id.clone(), error.to_string()),
+                Some(error),
+            )
         }
     };
     let mut payload = protocol::encode_reply(&reply);
@@ -197,7 +206,13 @@ fn call_guest(
         Phase::ResponseBodyFilter => {
             let response = response.map(to_wit_response);
             let chunk = to_wit_chunk(chunk.unwrap_or_default());
-            handler.call_response_body_filter(store, &ctx, &wit_request, response.as_ref(), &chunk)?
+            handler.call_response_body_filter(
+                store,
+                &ctx,
+                &wit_request,
+                response.as_ref(),
+                &chunk,
+            )?
         }
         Phase::Logging => {
             let response = response.map(to_wit_response);
@@ -224,7 +239,9 @@ fn classify_failure(
             "plugin `{plugin}` trapped in {phase}: {trap}{}",
             guest_frames(error)
         )),
-        None => RequestError::PluginFailed(format!("plugin `{plugin}` failed in {phase}: {error:#}")),
+        None => {
+            RequestError::PluginFailed(format!("plugin `{plugin}` failed in {phase}: {error:#}"))
+        }
     }
 }
 
@@ -256,6 +273,16 @@ fn check_reply(reply: &PhaseReply, phase: Phase) -> Result<(), String> {
     if reply.action == Action::End && reply.status.is_none() {
         return Err("action `end` needs a status".into());
     }
+    if let Some(path) = &reply.path {
+        if phase != Phase::RequestFilter {
+            return Err("`path` can only be rewritten in request_filter".into());
+        }
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!(
+                "`{path}` is not a valid request path (it must start with `/` and hold no spaces or control characters)"
+            ));
+        }
+    }
     if reply.state.is_some() && phase != Phase::ResponseBodyFilter {
         return Err("`state` is only meaningful in response_body_filter".into());
     }
@@ -266,7 +293,9 @@ fn check_reply(reply: &PhaseReply, phase: Phase) -> Result<(), String> {
                 return Err(format!("`{name}` is not a valid header name"));
             }
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!("the value of header `{name}` contains CR, LF or NUL"));
+                return Err(format!(
+                    "the value of header `{name}` contains CR, LF or NUL"
+                ));
             }
         }
     }
@@ -326,6 +355,7 @@ fn from_wit_decision(request_id: String, d: wit::Decision) -> PhaseReply {
         status: d.status,
         body: d.body,
         error: d.error,
+        path: d.path,
         state: d.state,
     }
 }
@@ -352,7 +382,10 @@ mod tests {
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(trace_id_of("00-0000-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
         assert_eq!(trace_id_of("garbage"), None);
     }
 
@@ -360,15 +393,26 @@ mod tests {
     fn impossible_decisions_are_rejected() {
         let mut reply = PhaseReply::next("r");
         reply.action = Action::End;
-        assert_eq!(check_reply(&reply, Phase::RequestFilter).unwrap_err(), "action `end` needs a status");
+        assert_eq!(
+            check_reply(&reply, Phase::RequestFilter).unwrap_err(),
+            "action `end` needs a status"
+        );
         reply.status = Some(700);
-        assert!(check_reply(&reply, Phase::RequestFilter).unwrap_err().contains("700"));
+        assert!(
+            check_reply(&reply, Phase::RequestFilter)
+                .unwrap_err()
+                .contains("700")
+        );
         let mut reply = PhaseReply::next("r");
         reply.request_headers = Some(HeaderMutations {
             set: vec![("x-ok".into(), "a\r\nb".into())],
             remove: vec![],
         });
-        assert!(check_reply(&reply, Phase::RequestFilter).unwrap_err().contains("CR, LF"));
+        assert!(
+            check_reply(&reply, Phase::RequestFilter)
+                .unwrap_err()
+                .contains("CR, LF")
+        );
         assert!(check_reply(&PhaseReply::next("r"), Phase::Logging).is_ok());
     }
 }

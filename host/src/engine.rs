@@ -41,7 +41,9 @@ pub fn build_engine(runtime: &RuntimeConfig) -> anyhow::Result<Engine> {
         .epoch_interruption(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine")?;
 
     let weak = engine.weak();
     std::thread::Builder::new()

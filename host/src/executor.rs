@@ -143,13 +143,18 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
                 .block_on(context.client.publish(reply_to, outcome.payload.into())),
             Some(error) => {
                 let mut headers = HeaderMap::new();
-                headers.insert(SERVICE_ERROR_HEADER, single_line(&error.to_string()).as_str());
+                headers.insert(
+                    SERVICE_ERROR_HEADER,
+                    single_line(&error.to_string()).as_str(),
+                );
                 headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
-                context.runtime.block_on(context.client.publish_with_headers(
-                    reply_to,
-                    headers,
-                    outcome.payload.into(),
-                ))
+                context
+                    .runtime
+                    .block_on(context.client.publish_with_headers(
+                        reply_to,
+                        headers,
+                        outcome.payload.into(),
+                    ))
             }
         };
         if let Err(error) = published {
@@ -170,10 +175,10 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         context.sink.emit(record);
     }
     if outcome.dropped_records > 0 {
-        context
-            .stats
-            .records_dropped
-            .fetch_add(outcome.dropped_records, std::sync::atomic::Ordering::Relaxed);
+        context.stats.records_dropped.fetch_add(
+            outcome.dropped_records,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

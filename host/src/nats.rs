@@ -41,10 +41,15 @@ pub async fn connect(urls: &[String]) -> anyhow::Result<async_nats::Client> {
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(sid, "slow consumer: the host is not keeping up and NATS dropped messages")
+                    tracing::warn!(
+                        sid,
+                        "slow consumer: the host is not keeping up and NATS dropped messages"
+                    )
                 }
                 other => tracing::info!(event = %other, "NATS connection event"),
             }
@@ -63,7 +68,12 @@ pub async fn connect(urls: &[String]) -> anyhow::Result<async_nats::Client> {
 /// A server address without its user name, password or token.
 fn redacted(address: &async_nats::ServerAddr) -> String {
     let url = address.clone().into_inner();
-    format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port().unwrap_or(4222))
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port().unwrap_or(4222)
+    )
 }
 
 /// Whether something accepts TCP connections at `address`.
@@ -94,7 +104,8 @@ impl EmbeddedServer {
                  or pass --nats nats://HOST:PORT to use a running server"
             )
         })?;
-        let store_dir = std::env::temp_dir().join(format!("natsplug-jetstream-{}", std::process::id()));
+        let store_dir =
+            std::env::temp_dir().join(format!("natsplug-jetstream-{}", std::process::id()));
         let child = Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
             .arg(&store_dir)
@@ -110,10 +121,14 @@ impl EmbeddedServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_listening(LOCAL_ADDR) {
             if let Some(status) = server.child.try_wait()? {
-                bail!("the embedded nats-server exited at start ({status}); run `nats-server -p 4222` to see why");
+                bail!(
+                    "the embedded nats-server exited at start ({status}); run `nats-server -p 4222` to see why"
+                );
             }
             if Instant::now() > deadline {
-                bail!("the embedded nats-server did not accept connections on {LOCAL_ADDR} within 10 s");
+                bail!(
+                    "the embedded nats-server did not accept connections on {LOCAL_ADDR} within 10 s"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

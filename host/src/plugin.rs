@@ -130,10 +130,14 @@ impl PluginLoader {
     }
 
     /// Load the component at `path`; the plugin name is the file stem.
-    pub fn load_file(&self, path: &Path, settings: &PluginSettings) -> anyhow::Result<LoadedPlugin> {
+    pub fn load_file(
+        &self,
+        path: &Path,
+        settings: &PluginSettings,
+    ) -> anyhow::Result<LoadedPlugin> {
         let name = plugin_name_of(path)?;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading plugin file {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading plugin file {}", path.display()))?;
         self.load_bytes(&name, &bytes, settings)
     }
 
@@ -154,7 +158,14 @@ impl PluginLoader {
             )
         })?;
         let compile_time = started.elapsed();
-        self.prepare(name, component, content_hash, bytes.len(), compile_time, settings)
+        self.prepare(
+            name,
+            component,
+            content_hash,
+            bytes.len(),
+            compile_time,
+            settings,
+        )
     }
 
     fn prepare(
@@ -210,7 +221,9 @@ impl PluginLoader {
         phases.sort();
         phases.dedup();
         if phases.is_empty() {
-            bail!("plugin `{name}` implements no phase (its `describe` lists none); it would never be called");
+            bail!(
+                "plugin `{name}` implements no phase (its `describe` lists none); it would never be called"
+            );
         }
         plugin.version = info.version.filter(|v| !v.is_empty());
         plugin.phases = phases;
@@ -239,9 +252,17 @@ fn check_exports(name: &str, component: &Component, engine: &Engine) -> anyhow::
     let component_type = component.component_type();
     let exports: Vec<(String, bool)> = component_type
         .exports(engine)
-        .map(|(export, item)| (export.to_string(), matches!(item.ty, ComponentItem::ComponentInstance(_))))
+        .map(|(export, item)| {
+            (
+                export.to_string(),
+                matches!(item.ty, ComponentItem::ComponentInstance(_)),
+            )
+        })
         .collect();
-    if exports.iter().any(|(export, _)| export == HANDLER_INTERFACE) {
+    if exports
+        .iter()
+        .any(|(export, _)| export == HANDLER_INTERFACE)
+    {
         return Ok(());
     }
     let unversioned = HANDLER_INTERFACE

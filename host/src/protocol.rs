@@ -121,6 +121,9 @@ pub struct PhaseReply {
     pub body: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `request_filter`: the rewritten request path (a query may follow `?`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// `response_body_filter`: bytes to echo in the next chunk's `state`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub state: Option<Vec<u8>>,
@@ -138,6 +141,7 @@ impl PhaseReply {
             status: None,
             body: None,
             error: None,
+            path: None,
             state: None,
         }
     }
@@ -291,7 +295,10 @@ mod tests {
     fn request_round_trips() {
         let request = sample();
         let bytes = encode_request(&request);
-        assert_eq!(decode_request(&bytes, Phase::RequestFilter).unwrap(), request);
+        assert_eq!(
+            decode_request(&bytes, Phase::RequestFilter).unwrap(),
+            request
+        );
     }
 
     #[test]
@@ -354,7 +361,8 @@ mod tests {
 
         let mut future = sample();
         future.version = 2;
-        let (id, error) = decode_request(&encode_request(&future), Phase::RequestFilter).unwrap_err();
+        let (id, error) =
+            decode_request(&encode_request(&future), Phase::RequestFilter).unwrap_err();
         assert_eq!(id, "r-1");
         assert_eq!(
             error.to_string(),
@@ -381,6 +389,9 @@ mod tests {
         .unwrap();
         let (id, error) = decode_request(&bytes, Phase::Logging).unwrap_err();
         assert_eq!(id, "r-3");
-        assert!(error.to_string().contains("missing field `request`"), "{error}");
+        assert!(
+            error.to_string().contains("missing field `request`"),
+            "{error}"
+        );
     }
 }

@@ -479,7 +479,10 @@ impl Dispatcher {
     ) {
         let payload = protocol::encode_reply(&PhaseReply::error(String::new(), error.to_string()));
         let mut headers = HeaderMap::new();
-        headers.insert(SERVICE_ERROR_HEADER, single_line(&error.to_string()).as_str());
+        headers.insert(
+            SERVICE_ERROR_HEADER,
+            single_line(&error.to_string()).as_str(),
+        );
         headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
         if let Err(publish_error) = self
             .client

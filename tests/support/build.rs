@@ -58,7 +58,11 @@ fn main() {
     let mut constants = String::new();
     for (package, constant) in GUESTS {
         let file = wasm_dir.join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(exists(&file), "the guest build did not produce {}", file.display());
+        assert!(
+            exists(&file),
+            "the guest build did not produce {}",
+            file.display()
+        );
         writeln!(
             constants,
             "/// `{package}` built for wasm32-wasip2.\npub const {constant}: &str = {:?};",

@@ -8,19 +8,36 @@ struct AccessLogger;
 
 #[natsplug_sdk::plugin]
 impl Plugin for AccessLogger {
-    fn logging(_ctx: Context, request: Request, response: Option<Response>, duration_ms: Option<u64>) {
+    fn logging(
+        _ctx: Context,
+        request: Request,
+        response: Option<Response>,
+        duration_ms: Option<u64>,
+    ) {
         let status = response.as_ref().map(|r| r.status).unwrap_or(0);
         let client = request.client_ip.clone().unwrap_or_default();
         let user_agent = request.header("user-agent").unwrap_or("").to_string();
         let message = format!("{} {} {}", request.method, request.path, status);
         if status >= 500 {
-            warn!(message, method = request.method.as_str(), path = request.path.as_str(),
-                status = status, duration_ms = duration_ms.unwrap_or(0), client_ip = client,
-                user_agent = user_agent);
+            warn!(
+                message,
+                method = request.method.as_str(),
+                path = request.path.as_str(),
+                status = status,
+                duration_ms = duration_ms.unwrap_or(0),
+                client_ip = client,
+                user_agent = user_agent
+            );
         } else {
-            info!(message, method = request.method.as_str(), path = request.path.as_str(),
-                status = status, duration_ms = duration_ms.unwrap_or(0), client_ip = client,
-                user_agent = user_agent);
+            info!(
+                message,
+                method = request.method.as_str(),
+                path = request.path.as_str(),
+                status = status,
+                duration_ms = duration_ms.unwrap_or(0),
+                client_ip = client,
+                user_agent = user_agent
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ struct Authz;
 impl Plugin for Authz {
     fn request_filter(_ctx: Context, request: Request) -> Decision {
         let public = config::get("public_paths").unwrap_or_default();
-        if public.split(',').any(|p| !p.is_empty() && p.trim() == request.path) {
+        if public
+            .split(',')
+            .any(|p| !p.is_empty() && p.trim() == request.path)
+        {
             return Decision::next();
         }
         let Some(expected) = config::get("token") else {

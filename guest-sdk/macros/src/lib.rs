@@ -39,7 +39,12 @@ fn expand(block: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             "#[plugin] goes on an `impl Plugin for YourType` block",
         ));
     };
-    if trait_path.segments.last().map(|s| s.ident != "Plugin").unwrap_or(true) {
+    if trait_path
+        .segments
+        .last()
+        .map(|s| s.ident != "Plugin")
+        .unwrap_or(true)
+    {
         return Err(syn::Error::new(
             trait_path.span(),
             "#[plugin] goes on an `impl Plugin for YourType` block",
@@ -50,7 +55,9 @@ fn expand(block: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
         if let ImplItem::Fn(method) = item {
             let name = method.sig.ident.to_string();
             match PHASES.iter().find(|(fn_name, _)| *fn_name == name) {
-                Some((_, variant)) => phases.push(syn::Ident::new(variant, method.sig.ident.span())),
+                Some((_, variant)) => {
+                    phases.push(syn::Ident::new(variant, method.sig.ident.span()))
+                }
                 None => {
                     return Err(syn::Error::new(
                         method.sig.ident.span(),

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use crate::phase::Phase;
-use crate::protocol::{self, HttpRequest, HttpResponse, PhaseReply, PhaseRequest, BodyChunk};
+use crate::protocol::{self, BodyChunk, HttpRequest, HttpResponse, PhaseReply, PhaseRequest};
 
 pub const EXAMPLES: &str = "Examples:
   natsplug call auth request_filter --path /admin -H 'authorization: Bearer s3cret'
@@ -71,19 +71,32 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let body = match &args.body {
         Some(spec) => Some(match spec.strip_prefix('@') {
-            Some(file) => std::fs::read(file).with_context(|| format!("reading body file {file}"))?,
+            Some(file) => {
+                std::fs::read(file).with_context(|| format!("reading body file {file}"))?
+            }
             None => spec.clone().into_bytes(),
         }),
         None => None,
     };
     let (request_body, chunk) = if phase == Phase::ResponseBodyFilter {
-        (None, Some(BodyChunk { data: body.unwrap_or_default(), end_of_stream: true, state: None }))
+        (
+            None,
+            Some(BodyChunk {
+                data: body.unwrap_or_default(),
+                end_of_stream: true,
+                state: None,
+            }),
+        )
     } else {
         (body, None)
     };
     let response = match phase {
         Phase::RequestFilter => None,
-        _ => Some(HttpResponse { status: args.status.unwrap_or(200), headers: Vec::new(), body: None }),
+        _ => Some(HttpResponse {
+            status: args.status.unwrap_or(200),
+            headers: Vec::new(),
+            body: None,
+        }),
     };
     let request = PhaseRequest {
         version: protocol::PROTOCOL_VERSION,
@@ -123,7 +136,10 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         print_reply(&decoded);
     }
     if decoded.action == protocol::Action::Error {
-        bail!("the plugin answered with an error: {}", decoded.error.unwrap_or_default());
+        bail!(
+            "the plugin answered with an error: {}",
+            decoded.error.unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -150,6 +166,7 @@ pub fn reply_json(reply: &PhaseReply) -> serde_json::Value {
         "status": reply.status,
         "body": bytes(&reply.body),
         "error": reply.error,
+        "path": reply.path,
         "state": bytes(&reply.state),
     })
 }
@@ -164,7 +181,10 @@ fn print_reply(reply: &PhaseReply) {
     if let Some(status) = reply.status {
         println!("status: {status}");
     }
-    for (label, mutations) in [("request", &reply.request_headers), ("response", &reply.response_headers)] {
+    for (label, mutations) in [
+        ("request", &reply.request_headers),
+        ("response", &reply.response_headers),
+    ] {
         if let Some(m) = mutations {
             for (name, value) in &m.set {
                 println!("{label} header set: {name}: {value}");
@@ -173,6 +193,9 @@ fn print_reply(reply: &PhaseReply) {
                 println!("{label} header removed: {name}");
             }
         }
+    }
+    if let Some(path) = &reply.path {
+        println!("path: {path}");
     }
     if let Some(body) = &reply.body {
         println!("body: {}", String::from_utf8_lossy(body));

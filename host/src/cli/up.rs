@@ -101,7 +101,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     wait_for_signal().await;
-    tracing::info!("shutting down: draining subscriptions, finishing calls in flight (signal again to exit now)");
+    tracing::info!(
+        "shutting down: draining subscriptions, finishing calls in flight (signal again to exit now)"
+    );
     tokio::spawn(async {
         wait_for_signal().await;
         eprintln!("second signal: exiting now");
@@ -118,13 +120,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
