@@ -213,28 +213,10 @@ async fn body_redactor_masks_matches_even_across_chunks() {
 
 #[tokio::test]
 async fn access_logger_emits_a_structured_record_and_continues() {
-    use natsplug::logs::{LogLevel, LogRecord, LogSink, LogValue};
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Default)]
-    struct Collect(Mutex<Vec<LogRecord>>);
-    impl LogSink for Collect {
-        fn emit(&self, record: LogRecord) {
-            self.0.lock().unwrap().push(record);
-        }
-    }
+    use natsplug::logs::{LogLevel, LogValue};
 
     let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    natsplug_suite::host::install_file(dir.path(), "access-logger", guests::ACCESS_LOGGER);
-    let mut config = natsplug::HostConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.plugins.dir = dir.path().to_path_buf();
-    let sink = Arc::new(Collect::default());
-    let host = natsplug::server::Host::with_sink(config, server.connect().await, sink.clone())
-        .await
-        .unwrap();
-    assert!(host.load_directory().await.unwrap().is_empty());
+    let host = TestHost::start(&server.url(), &[("access-logger", guests::ACCESS_LOGGER)], |_| {}).await;
     let client = PhaseClient::new(server.connect().await);
 
     let mut logging = request("logging", "l-1", "POST", "/orders");
@@ -253,7 +235,13 @@ async fn access_logger_emits_a_structured_record_and_continues() {
     assert_eq!(reply.request_headers, None);
 
     // The record is emitted right after the reply is sent.
-    let record = wait_for(|| sink.0.lock().unwrap().first().cloned()).await;
+    let record = wait_for(|| {
+        host.records
+            .records()
+            .into_iter()
+            .find(|r| r.request_id.as_deref() == Some("l-1"))
+    })
+    .await;
     assert_eq!(record.level, LogLevel::Info);
     assert_eq!(record.message, "POST /orders 201");
     assert_eq!(record.plugin, "access-logger");
@@ -271,7 +259,7 @@ async fn access_logger_emits_a_structured_record_and_continues() {
             ("user_agent".to_string(), LogValue::Text("curl/8".into())),
         ]
     );
-    host.shutdown().await.unwrap();
+    host.host.shutdown().await.unwrap();
 }
 
 async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {

@@ -22,6 +22,8 @@ pub struct HostConfig {
     pub plugins: PluginsConfig,
     /// Worker threads, limits and instance reuse.
     pub runtime: RuntimeConfig,
+    /// The compiled-artifact cache.
+    pub cache: CacheConfig,
     /// Per-plugin settings, keyed by plugin name: `[plugin.auth]`.
     pub plugin: BTreeMap<String, PluginSettings>,
 }
@@ -60,12 +62,38 @@ impl Default for SubjectsConfig {
 pub struct PluginsConfig {
     /// Directory of `.wasm` components; plugin name = file stem. Default `plugins`.
     pub dir: PathBuf,
+    /// Reload plugins when files in `dir` change. Default true.
+    pub watch: bool,
+    /// Quiet time after the last write to a file before it is loaded, in
+    /// milliseconds. A file renamed into the directory loads at once. Default 200.
+    pub debounce_ms: u64,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dir: PathBuf::from("plugins"),
+            watch: true,
+            debounce_ms: 200,
+        }
+    }
+}
+
+/// Compiled-artifact cache settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Keep compiled components on disk. Default true.
+    pub enabled: bool,
+    /// Where; default `$XDG_CACHE_HOME/natsplug` or `~/.cache/natsplug`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
         }
     }
 }

@@ -38,10 +38,17 @@ pub struct Job {
     pub permits: Vec<OwnedSemaphorePermit>,
 }
 
+/// What the queue carries.
+enum Task {
+    Run(Job),
+    /// Sent once per worker at shutdown, behind every queued job.
+    Stop,
+}
+
 /// The pool of worker threads.
 pub struct Executor {
-    sender: Sender<Job>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    sender: Sender<Task>,
+    workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// What a worker needs besides the job.
@@ -59,7 +66,7 @@ impl Executor {
     pub fn start(count: usize, context: WorkerContext) -> anyhow::Result<Executor> {
         // The queue is unbounded; what bounds it are the concurrency permits
         // every job holds.
-        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
         let workers = (0..count)
             .map(|index| {
                 let receiver = receiver.clone();
@@ -70,20 +77,25 @@ impl Executor {
                     .context("starting a worker thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Executor { sender, workers })
+        Ok(Executor {
+            sender,
+            workers: std::sync::Mutex::new(workers),
+        })
     }
 
     /// Queue a job.
     pub fn submit(&self, job: Job) {
-        // Sending fails only once the executor is shut down, and the
-        // subscriptions stop before that.
-        let _ = self.sender.send(job);
+        // The receivers live as long as the executor: sending cannot fail.
+        let _ = self.sender.send(Task::Run(job));
     }
 
-    /// Finish every queued job, then stop the workers.
-    pub fn shutdown(self) {
-        drop(self.sender);
-        for worker in self.workers {
+    /// Finish every job queued so far, then stop the workers. Blocks.
+    pub fn shutdown(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for _ in &workers {
+            let _ = self.sender.send(Task::Stop);
+        }
+        for worker in workers {
             let _ = worker.join();
         }
     }
@@ -95,11 +107,12 @@ struct WarmSlot {
     instance: Option<PluginInstance>,
 }
 
-fn worker_loop(receiver: Receiver<Job>, context: WorkerContext) {
+fn worker_loop(receiver: Receiver<Task>, context: WorkerContext) {
     let mut warm: HashMap<String, WarmSlot> = HashMap::new();
     loop {
         match receiver.recv_timeout(SWEEP_INTERVAL) {
-            Ok(job) => run_job(job, &mut warm, &context),
+            Ok(Task::Run(job)) => run_job(job, &mut warm, &context),
+            Ok(Task::Stop) => break,
             Err(RecvTimeoutError::Timeout) => {
                 // Instances of unloaded plugins hold pool slots: release them.
                 warm.retain(|_, slot| slot.plugin.strong_count() > 0);

@@ -11,6 +11,7 @@
 //! in the sandbox of [`sandbox`] on the engine of [`engine`].
 
 pub mod bindings;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub mod stats;
+pub mod watch;
 
 pub use config::HostConfig;
 pub use phase::Phase;

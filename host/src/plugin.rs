@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
+use crate::cache::ArtifactCache;
 use crate::bindings::{self, HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
 use crate::config::{PluginSettings, validate_plugin_name};
 use crate::phase::Phase;
@@ -36,8 +37,10 @@ pub struct LoadedPlugin {
     pub phases: Vec<Phase>,
     /// Calls of this plugin allowed in flight.
     pub max_in_flight: usize,
-    /// Time spent compiling the component.
+    /// Time spent compiling (or loading from the cache) the component.
     pub compile_time: Duration,
+    /// Whether the compiled component came from the artifact cache.
+    pub from_cache: bool,
     pre: PluginPre<InstanceState>,
     identity: Arc<PluginIdentity>,
     max_memory_bytes: usize,
@@ -105,6 +108,7 @@ pub struct PluginLoader {
     linker: Arc<Linker<InstanceState>>,
     max_memory_bytes: usize,
     default_max_in_flight: usize,
+    cache: Option<Arc<ArtifactCache>>,
 }
 
 impl PluginLoader {
@@ -121,7 +125,19 @@ impl PluginLoader {
             linker: Arc::new(linker),
             max_memory_bytes,
             default_max_in_flight,
+            cache: None,
         })
+    }
+
+    /// Keep compiled components in `cache`.
+    pub fn with_cache(mut self, cache: ArtifactCache) -> Self {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    /// The artifact cache, when enabled.
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_deref()
     }
 
     /// The engine plugins are compiled for.
@@ -149,23 +165,37 @@ impl PluginLoader {
         settings: &PluginSettings,
     ) -> anyhow::Result<LoadedPlugin> {
         validate_plugin_name(name)?;
-        let content_hash = hex::encode(Sha256::digest(bytes));
+        let content_hash = content_hash(bytes);
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|error| {
-            anyhow!(
-                "`{name}` is not a valid WebAssembly component: {error:#}. \
-                 Build it for the wasm32-wasip2 target (or wrap a core module with `wasm-tools component new`)"
-            )
-        })?;
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&self.engine, &content_hash));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => Component::new(&self.engine, bytes).map_err(|error| {
+                anyhow!(
+                    "`{name}` is not a valid WebAssembly component: {error:#}. \
+                     Build it for the wasm32-wasip2 target (or wrap a core module with `wasm-tools component new`)"
+                )
+            })?,
+        };
         let compile_time = started.elapsed();
-        self.prepare(
+        let mut plugin = self.prepare(
             name,
-            component,
+            component.clone(),
             content_hash,
             bytes.len(),
             compile_time,
             settings,
-        )
+        )?;
+        plugin.from_cache = from_cache;
+        // Only components that passed validation are worth keeping.
+        if !from_cache && let Some(cache) = &self.cache {
+            cache.put(&plugin.content_hash, &component);
+        }
+        Ok(plugin)
     }
 
     fn prepare(
@@ -203,6 +233,7 @@ impl PluginLoader {
             phases: Vec::new(),
             max_in_flight: settings.max_in_flight.unwrap_or(self.default_max_in_flight),
             compile_time,
+            from_cache: false,
             pre,
             identity,
             max_memory_bytes: self.max_memory_bytes,
@@ -234,6 +265,11 @@ impl PluginLoader {
         });
         Ok(plugin)
     }
+}
+
+/// The content hash of component bytes: SHA-256, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The plugin name of a component file: its stem, checked as a subject token.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HostConfig;
 use crate::dispatch::CallSettings;
 use crate::executor::{Executor, Job, WorkerContext, single_line};
-use crate::logs::{LogSink, TracingSink};
+use crate::logs::{LogLevel, LogRecord, LogSink, TracingSink};
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginLoader};
 use crate::protocol::{
@@ -34,6 +34,8 @@ struct ServedPlugin {
     /// Caps the plugin's calls in flight.
     permits: Arc<Semaphore>,
     subscriptions: BTreeMap<Phase, PhaseSubscription>,
+    /// Times a new version replaced the served one.
+    reloads: u64,
 }
 
 struct PhaseSubscription {
@@ -49,7 +51,22 @@ pub struct PluginStatus {
     pub name: String,
     pub version: Option<String>,
     pub content_hash: String,
+    /// Times a new version replaced the served one.
+    pub reloads: u64,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+/// What [`Host::sync_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// A plugin that was not served is now.
+    Loaded,
+    /// A new version replaced the served one.
+    Reloaded,
+    /// The file is gone and so is the plugin.
+    Removed,
+    /// Nothing to do: same content as served, or nothing served and no file.
+    Unchanged,
 }
 
 /// One served phase subject and its counters.
@@ -77,6 +94,11 @@ pub struct Host {
     dispatcher: Dispatcher,
     plugins: Mutex<BTreeMap<String, ServedPlugin>>,
     stats: Arc<HostStats>,
+    sink: Arc<dyn LogSink>,
+    /// One lock per plugin name: changes to one plugin apply in order,
+    /// changes to different plugins in parallel.
+    sync_locks: std::sync::Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -97,7 +119,21 @@ impl Host {
         let engine = crate::engine::build_engine(runtime)?;
         let max_memory = usize::try_from(runtime.max_memory_mb * 1024 * 1024)
             .context("runtime.max_memory_mb does not fit this platform")?;
-        let loader = PluginLoader::new(engine, max_memory, runtime.max_in_flight_per_plugin)?;
+        let mut loader = PluginLoader::new(engine, max_memory, runtime.max_in_flight_per_plugin)?;
+        if config.cache.enabled {
+            let root = config
+                .cache
+                .dir
+                .clone()
+                .unwrap_or_else(crate::cache::ArtifactCache::default_root);
+            match crate::cache::ArtifactCache::open(&root, loader.engine()) {
+                Ok(cache) => {
+                    tracing::debug!(dir = %cache.dir().display(), "compiled-artifact cache");
+                    loader = loader.with_cache(cache);
+                }
+                Err(error) => tracing::warn!("{error:#}; compiling without a cache"),
+            }
+        }
         let server_max_payload = client.server_info().max_payload;
         let max_reply_bytes = if server_max_payload > 0 {
             server_max_payload
@@ -118,7 +154,7 @@ impl Host {
                 client: client.clone(),
                 runtime: tokio::runtime::Handle::current(),
                 settings: CallSettings::from_runtime(runtime, max_reply_bytes),
-                sink,
+                sink: sink.clone(),
                 stats: stats.clone(),
             },
         )?;
@@ -135,6 +171,9 @@ impl Host {
             dispatcher,
             plugins: Mutex::new(BTreeMap::new()),
             stats,
+            sink,
+            sync_locks: std::sync::Mutex::new(BTreeMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -158,20 +197,9 @@ impl Host {
         format!("{}.{plugin}.{phase}", self.config.subjects.prefix)
     }
 
-    /// Compile and validate the component at `path` off the async runtime.
-    pub async fn compile_file(&self, path: &Path) -> anyhow::Result<LoadedPlugin> {
-        let loader = self.loader.clone();
-        let name = crate::plugin::plugin_name_of(path)?;
-        let settings = self.config.plugin_settings(&name);
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || loader.load_file(&path, &settings))
-            .await
-            .context("the compile task failed")?
-    }
-
     /// Load every `*.wasm` in the configured plugins directory. A file that
     /// fails to load is reported and skipped; the others are served.
-    /// Returns the names of the plugins that failed.
+    /// Returns the files that failed, with why.
     pub async fn load_directory(&self) -> anyhow::Result<Vec<(PathBuf, anyhow::Error)>> {
         let dir = self.config.plugins.dir.clone();
         let files = wasm_files(&dir)?;
@@ -180,34 +208,107 @@ impl Host {
         }
         let mut failures = Vec::new();
         for path in files {
-            match self.compile_file(&path).await {
-                Ok(plugin) => self.install(plugin).await?,
-                Err(error) => {
-                    tracing::error!(file = %path.display(), "plugin not loaded: {error:#}");
-                    failures.push((path, error));
-                }
+            if let Err(error) = self.sync_file(&path).await {
+                failures.push((path, error));
             }
         }
         Ok(failures)
     }
 
+    /// Bring the plugin of `path` in line with the file: load it, reload it
+    /// when its content changed, or remove it when the file is gone. A file
+    /// that fails to load leaves the served version as it was; the error
+    /// is logged, emitted as a log record and returned.
+    pub async fn sync_file(&self, path: &Path) -> anyhow::Result<SyncOutcome> {
+        let name = crate::plugin::plugin_name_of(path)?;
+        let lock = {
+            let mut locks = self.sync_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(name.clone()).or_default().clone()
+        };
+        let _serialised = lock.lock().await;
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(if self.remove(&name).await {
+                    SyncOutcome::Removed
+                } else {
+                    SyncOutcome::Unchanged
+                });
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("reading plugin file {}", path.display())));
+            }
+        };
+        let served_hash = self.served_hash(&name).await;
+        if served_hash.as_deref() == Some(crate::plugin::content_hash(&bytes).as_str()) {
+            return Ok(SyncOutcome::Unchanged);
+        }
+        let loader = self.loader.clone();
+        let settings = self.config.plugin_settings(&name);
+        let compile_name = name.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            loader.load_bytes(&compile_name, &bytes, &settings)
+        })
+        .await
+        .context("the compile task failed")?;
+        match compiled {
+            Ok(plugin) => {
+                let replaced = self.install(plugin).await?;
+                Ok(if replaced { SyncOutcome::Reloaded } else { SyncOutcome::Loaded })
+            }
+            Err(error) => {
+                let message = if served_hash.is_some() {
+                    format!("plugin `{name}` failed to load; the previous version keeps serving: {error:#}")
+                } else {
+                    format!("plugin `{name}` failed to load: {error:#}")
+                };
+                tracing::error!(plugin = %name, file = %path.display(), "{message}");
+                self.host_event(&name, LogLevel::Error, message);
+                Err(error)
+            }
+        }
+    }
+
+    /// The content hash of the version of `name` served now.
+    pub async fn served_hash(&self, name: &str) -> Option<String> {
+        let plugins = self.plugins.lock().await;
+        plugins
+            .get(name)
+            .map(|served| served.current.load().content_hash.clone())
+    }
+
+    /// Emit a host event about plugin `name` as a log record.
+    fn host_event(&self, name: &str, level: LogLevel, message: String) {
+        self.sink.emit(LogRecord {
+            timestamp: std::time::SystemTime::now(),
+            level,
+            message,
+            plugin: name.to_string(),
+            plugin_version: None,
+            request_id: None,
+            session_id: None,
+            trace_id: None,
+            fields: Vec::new(),
+        });
+    }
+
     /// Serve `plugin`: subscribe to its phases, or, when a plugin of that
     /// name is served already, swap it in. Requests in flight finish on the
-    /// version they started on.
-    pub async fn install(&self, plugin: LoadedPlugin) -> anyhow::Result<()> {
+    /// version they started on. Returns whether a served version was replaced.
+    pub async fn install(&self, plugin: LoadedPlugin) -> anyhow::Result<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            bail!("the host is shut down");
+        }
+        let swap_started = Instant::now();
         let plugin = Arc::new(plugin);
         let mut plugins = self.plugins.lock().await;
         let name = plugin.name.clone();
+        let replaced = plugins.contains_key(&name);
         let served = match plugins.remove(&name) {
             Some(mut served) => {
                 let previous = served.current.swap(plugin.clone());
-                tracing::info!(
-                    plugin = %name,
-                    old_hash = %previous.short_hash(),
-                    new_hash = %plugin.short_hash(),
-                    version = plugin.version.as_deref().unwrap_or("-"),
-                    "plugin replaced"
-                );
+                served.reloads += 1;
                 let gone: Vec<Phase> = served
                     .subscriptions
                     .keys()
@@ -220,6 +321,19 @@ impl Host {
                     }
                 }
                 self.subscribe_missing(&mut served, &plugin).await?;
+                let message = format!("plugin `{name}` reloaded");
+                tracing::info!(
+                    plugin = %name,
+                    old_hash = %previous.short_hash(),
+                    new_hash = %plugin.short_hash(),
+                    version = plugin.version.as_deref().unwrap_or("-"),
+                    compile_ms = plugin.compile_time.as_millis() as u64,
+                    cached = plugin.from_cache,
+                    swap_us = swap_started.elapsed().as_micros() as u64,
+                    reloads = served.reloads,
+                    "{message}"
+                );
+                self.host_event(&name, LogLevel::Info, message);
                 served
             }
             None => {
@@ -227,6 +341,7 @@ impl Host {
                     current: Arc::new(ArcSwap::new(plugin.clone())),
                     permits: Arc::new(Semaphore::new(plugin.max_in_flight)),
                     subscriptions: BTreeMap::new(),
+                    reloads: 0,
                 };
                 self.subscribe_missing(&mut served, &plugin).await?;
                 let subjects: Vec<&str> = served
@@ -239,15 +354,17 @@ impl Host {
                     version = plugin.version.as_deref().unwrap_or("-"),
                     hash = %plugin.short_hash(),
                     compile_ms = plugin.compile_time.as_millis() as u64,
+                    cached = plugin.from_cache,
                     subjects = %subjects.join(" "),
                     queue_group = %self.config.subjects.queue_group,
-                    "plugin loaded"
+                    "plugin `{name}` loaded"
                 );
+                self.host_event(&name, LogLevel::Info, format!("plugin `{name}` loaded"));
                 served
             }
         };
         plugins.insert(name, served);
-        Ok(())
+        Ok(replaced)
     }
 
     async fn subscribe_missing(
@@ -299,7 +416,8 @@ impl Host {
                 for subscription in served.subscriptions.into_values() {
                     stop_subscription(subscription).await;
                 }
-                tracing::info!(plugin = %name, "plugin removed");
+                tracing::info!(plugin = %name, "plugin `{name}` removed");
+                self.host_event(name, LogLevel::Info, format!("plugin `{name}` removed"));
                 true
             }
             None => false,
@@ -317,6 +435,7 @@ impl Host {
                     name: name.clone(),
                     version: current.version.clone(),
                     content_hash: current.content_hash.clone(),
+                    reloads: served.reloads,
                     endpoints: served
                         .subscriptions
                         .iter()
@@ -341,25 +460,22 @@ impl Host {
     }
 
     /// Stop taking requests, answer every request already received, then
-    /// flush the connection.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// flush the connection. The host serves nothing afterwards.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
         let started = Instant::now();
+        self.closed.store(true, Ordering::Release);
         let plugins = std::mem::take(&mut *self.plugins.lock().await);
         for served in plugins.into_values() {
             for subscription in served.subscriptions.into_values() {
                 stop_subscription(subscription).await;
             }
         }
-        let client = self.dispatcher.client.clone();
         let executor = self.dispatcher.executor.clone();
-        drop(self.dispatcher);
-        match Arc::try_unwrap(executor) {
-            Ok(executor) => tokio::task::spawn_blocking(move || executor.shutdown())
-                .await
-                .context("waiting for the workers")?,
-            Err(_) => bail!("the executor is still shared at shutdown"),
-        }
-        client
+        tokio::task::spawn_blocking(move || executor.shutdown())
+            .await
+            .context("waiting for the workers")?;
+        self.dispatcher
+            .client
             .flush()
             .await
             .context("flushing the last replies to NATS")?;

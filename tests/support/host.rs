@@ -2,14 +2,45 @@
 //! guest components from its own temporary plugins directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use natsplug::HostConfig;
+use natsplug::logs::{LogRecord, LogSink};
 use natsplug::server::Host;
 
 /// A running in-process host and its plugins directory.
 pub struct TestHost {
-    pub host: Host,
+    pub host: Arc<Host>,
     pub dir: tempfile::TempDir,
+    /// Every log record the host emitted (plugin logs and host events).
+    pub records: Arc<CollectSink>,
+}
+
+/// A log sink that keeps every record, for assertions.
+#[derive(Default)]
+pub struct CollectSink(Mutex<Vec<LogRecord>>);
+
+impl CollectSink {
+    /// A copy of the records so far.
+    pub fn records(&self) -> Vec<LogRecord> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The messages of the records so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.records().into_iter().map(|r| r.message).collect()
+    }
+}
+
+impl LogSink for CollectSink {
+    fn emit(&self, record: LogRecord) {
+        self.0.lock().unwrap().push(record);
+    }
+}
+
+/// The compiled-artifact cache shared by the tests.
+pub fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("test-cache")
 }
 
 impl TestHost {
@@ -27,20 +58,44 @@ impl TestHost {
         let mut config = HostConfig::default();
         config.nats.urls = vec![nats_url.to_string()];
         config.plugins.dir = dir.path().to_path_buf();
+        config.cache.dir = Some(shared_cache_dir());
         configure(&mut config);
         let client = natsplug::nats::connect(&config.nats_urls())
             .await
             .expect("connecting the host");
-        let host = Host::new(config, client).await.expect("starting the host");
+        let records = Arc::new(CollectSink::default());
+        let host = Host::with_sink(config, client, records.clone())
+            .await
+            .expect("starting the host");
         let failures = host.load_directory().await.expect("loading plugins");
         assert!(failures.is_empty(), "plugins failed to load: {failures:?}");
-        TestHost { host, dir }
+        TestHost {
+            host: Arc::new(host),
+            dir,
+            records,
+        }
+    }
+
+    /// Start hot reload on the plugins directory.
+    pub fn watch(&self, debounce: std::time::Duration) -> natsplug::watch::DirectoryWatcher {
+        natsplug::watch::DirectoryWatcher::start(self.host.clone(), debounce)
+            .expect("watching the plugins dir")
     }
 
     /// The plugins directory.
     pub fn plugins_dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Put `bytes` in `dir` as `<name>.wasm` the atomic way: write a hidden
+/// temporary file, then rename it into place.
+pub fn deploy_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let temporary = dir.join(format!(".{name}.wasm.tmp"));
+    let target = dir.join(format!("{name}.wasm"));
+    std::fs::write(&temporary, bytes).expect("writing the temporary file");
+    std::fs::rename(&temporary, &target).expect("renaming into place");
+    target
 }
 
 /// Copy the component at `source` into `dir` as `<name>.wasm`.

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -9,6 +11,7 @@ use clap::Args;
 use crate::config::HostConfig;
 use crate::nats::{self, EmbeddedServer};
 use crate::server::Host;
+use crate::watch::DirectoryWatcher;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug up --plugins ./plugins
@@ -37,6 +40,15 @@ pub struct UpArgs {
     /// Worker threads running plugin code [default: one per core].
     #[arg(long, env = "NATSPLUG_WORKERS")]
     workers: Option<usize>,
+    /// Do not watch the plugins directory (immutable deployments).
+    #[arg(long)]
+    no_watch: bool,
+    /// Directory of the compiled-artifact cache [default: ~/.cache/natsplug].
+    #[arg(long, env = "NATSPLUG_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin at start instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 impl UpArgs {
@@ -61,6 +73,15 @@ impl UpArgs {
         if let Some(workers) = self.workers {
             config.runtime.workers = workers;
         }
+        if self.no_watch {
+            config.plugins.watch = false;
+        }
+        if let Some(dir) = &self.cache_dir {
+            config.cache.dir = Some(dir.clone());
+        }
+        if self.no_cache {
+            config.cache.enabled = false;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -78,10 +99,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let urls = config.nats_urls();
     let client = nats::connect(&urls).await?;
-    let host = Host::new(config, client)
-        .await
-        .context("starting the host")?;
+    let host = Arc::new(Host::new(config, client).await.context("starting the host")?);
     let failures = host.load_directory().await?;
+    let watcher = if host.config().plugins.watch {
+        let debounce = Duration::from_millis(host.config().plugins.debounce_ms);
+        Some(DirectoryWatcher::start(host.clone(), debounce)?)
+    } else {
+        None
+    };
 
     let subjects = host.subjects().await;
     let status = host.status().await;
@@ -109,6 +134,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
+    if let Some(watcher) = watcher {
+        watcher.stop().await;
+    }
     host.shutdown().await?;
     if let Some(server) = embedded {
         server.stop().await;
