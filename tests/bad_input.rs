@@ -213,7 +213,7 @@ async fn an_oversized_payload_gets_a_413() {
         .send_raw(PLUGIN, "request_filter", bytes)
         .await
         .unwrap();
-    assert_error(&raw, 413, "", &expected);
+    assert_error(&raw, 413, "big", &expected);
     assert_still_serving(&client).await;
     host.host.shutdown().await.unwrap();
 }

@@ -216,7 +216,12 @@ async fn access_logger_emits_a_structured_record_and_continues() {
     use natsplug::logs::{LogLevel, LogValue};
 
     let server = NatsServer::start();
-    let host = TestHost::start(&server.url(), &[("access-logger", guests::ACCESS_LOGGER)], |_| {}).await;
+    let host = TestHost::start(
+        &server.url(),
+        &[("access-logger", guests::ACCESS_LOGGER)],
+        |_| {},
+    )
+    .await;
     let client = PhaseClient::new(server.connect().await);
 
     let mut logging = request("logging", "l-1", "POST", "/orders");

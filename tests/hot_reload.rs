@@ -24,8 +24,15 @@ enum Behaviour {
 fn behaviour_of(reply: &PhaseReply) -> Behaviour {
     match (reply.action, reply.status) {
         (Action::Next, None) => {
-            let set = &reply.request_headers.as_ref().expect("header mutations").set;
-            assert_eq!(set[0], ("x-plugin".to_string(), "header-injector".to_string()));
+            let set = &reply
+                .request_headers
+                .as_ref()
+                .expect("header mutations")
+                .set;
+            assert_eq!(
+                set[0],
+                ("x-plugin".to_string(), "header-injector".to_string())
+            );
             Behaviour::Injects
         }
         (Action::End, Some(403)) => Behaviour::Forbids,
@@ -38,13 +45,20 @@ async fn wait_for_behaviour(client: &PhaseClient, name: &str, expected: Behaviou
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(raw) = client
-            .send_raw(name, "request_filter", natsplug::protocol::encode_request(&request("request_filter", "probe", "GET", "/")))
+            .send_raw(
+                name,
+                "request_filter",
+                natsplug::protocol::encode_request(&request("request_filter", "probe", "GET", "/")),
+            )
             .await
             && behaviour_of(&raw.reply()) == expected
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} did not switch to {expected:?} within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not switch to {expected:?} within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -69,7 +83,16 @@ async fn replacing_a_plugin_fifty_times_under_load_fails_no_request() {
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("w{worker}-{index}");
                 let raw = client
-                    .send_raw("swap", "request_filter", natsplug::protocol::encode_request(&request("request_filter", &id, "GET", "/")))
+                    .send_raw(
+                        "swap",
+                        "request_filter",
+                        natsplug::protocol::encode_request(&request(
+                            "request_filter",
+                            &id,
+                            "GET",
+                            "/",
+                        )),
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("request {id} failed during a swap: {e}"));
                 let reply = raw.reply();
@@ -100,7 +123,10 @@ async fn replacing_a_plugin_fifty_times_under_load_fails_no_request() {
         totals[0] += seen[0];
         totals[1] += seen[1];
     }
-    assert!(totals[0] > 0 && totals[1] > 0, "both versions answered: {totals:?}");
+    assert!(
+        totals[0] > 0 && totals[1] > 0,
+        "both versions answered: {totals:?}"
+    );
     assert_eq!(totals[0] + totals[1], answered.load(Ordering::Relaxed));
     let status = host.host.status().await;
     assert_eq!(status[0].reloads, 50);
@@ -111,7 +137,12 @@ async fn replacing_a_plugin_fifty_times_under_load_fails_no_request() {
 #[tokio::test]
 async fn an_added_plugin_is_served_and_a_deleted_one_is_not() {
     let server = NatsServer::start();
-    let host = TestHost::start(&server.url(), &[("header-injector", guests::HEADER_INJECTOR)], |_| {}).await;
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |_| {},
+    )
+    .await;
     let _watcher = host.watch(Duration::from_millis(50));
     let client = PhaseClient::new(server.connect().await);
 
@@ -122,21 +153,37 @@ async fn an_added_plugin_is_served_and_a_deleted_one_is_not() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let result = client
-            .send_raw("gate", "request_filter", natsplug::protocol::encode_request(&request("request_filter", "d", "GET", "/")))
+            .send_raw(
+                "gate",
+                "request_filter",
+                natsplug::protocol::encode_request(&request("request_filter", "d", "GET", "/")),
+            )
             .await;
         match result {
             Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => break,
             Err(error) => panic!("unexpected error {error}"),
-            Ok(_) => assert!(Instant::now() < deadline, "gate still served 10 s after deletion"),
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "gate still served 10 s after deletion"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The other plugin never noticed.
     wait_for_behaviour(&client, "header-injector", Behaviour::Injects).await;
-    assert_eq!(host.host.subjects().await, vec!["nylon.plugin.header-injector.request_filter".to_string()]);
+    assert_eq!(
+        host.host.subjects().await,
+        vec!["nylon.plugin.header-injector.request_filter".to_string()]
+    );
     let messages = host.records.messages();
-    assert!(messages.contains(&"plugin `gate` loaded".to_string()), "{messages:?}");
-    assert!(messages.contains(&"plugin `gate` removed".to_string()), "{messages:?}");
+    assert!(
+        messages.contains(&"plugin `gate` loaded".to_string()),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"plugin `gate` removed".to_string()),
+        "{messages:?}"
+    );
     host.host.shutdown().await.unwrap();
 }
 
@@ -147,10 +194,19 @@ async fn a_broken_file_leaves_the_working_version_serving_until_fixed() {
     let _watcher = host.watch(Duration::from_millis(50));
     let client = PhaseClient::new(server.connect().await);
 
-    deploy_bytes(host.plugins_dir(), "gate", b"\0asm\x01\0\0\0 this is not a component");
+    deploy_bytes(
+        host.plugins_dir(),
+        "gate",
+        b"\0asm\x01\0\0\0 this is not a component",
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let failure = loop {
-        if let Some(record) = host.records.records().into_iter().find(|r| r.level == LogLevel::Error) {
+        if let Some(record) = host
+            .records
+            .records()
+            .into_iter()
+            .find(|r| r.level == LogLevel::Error)
+        {
             break record;
         }
         assert!(Instant::now() < deadline, "no failure reported within 10 s");
@@ -165,7 +221,11 @@ async fn a_broken_file_leaves_the_working_version_serving_until_fixed() {
     wait_for_behaviour(&client, "gate", Behaviour::Injects).await;
     assert_eq!(host.host.status().await[0].reloads, 0);
 
-    deploy_bytes(host.plugins_dir(), "gate", &std::fs::read(guests::AUTHZ).unwrap());
+    deploy_bytes(
+        host.plugins_dir(),
+        "gate",
+        &std::fs::read(guests::AUTHZ).unwrap(),
+    );
     wait_for_behaviour(&client, "gate", Behaviour::Forbids).await;
     assert_eq!(host.host.status().await[0].reloads, 1);
     host.host.shutdown().await.unwrap();
@@ -192,7 +252,10 @@ async fn a_file_written_slowly_in_chunks_loads_once_complete() {
     // Give any late duplicate reload time to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = host.host.status().await;
-    assert_eq!(status[0].content_hash, natsplug::plugin::content_hash(&bytes));
+    assert_eq!(
+        status[0].content_hash,
+        natsplug::plugin::content_hash(&bytes)
+    );
     assert_eq!(status[0].reloads, 0);
     let host_events: Vec<String> = host
         .records
@@ -201,7 +264,11 @@ async fn a_file_written_slowly_in_chunks_loads_once_complete() {
         .filter(|r| r.request_id.is_none())
         .map(|r| r.message)
         .collect();
-    assert_eq!(host_events, vec!["plugin `slow` loaded".to_string()], "one load, no failed attempts");
+    assert_eq!(
+        host_events,
+        vec!["plugin `slow` loaded".to_string()],
+        "one load, no failed attempts"
+    );
     host.host.shutdown().await.unwrap();
 }
 
@@ -210,14 +277,27 @@ async fn a_restart_with_a_warm_cache_does_not_recompile() {
     let server = NatsServer::start();
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_path_buf();
-    let plugins = [("header-injector", guests::HEADER_INJECTOR), ("authz", guests::AUTHZ)];
+    let plugins = [
+        ("header-injector", guests::HEADER_INJECTOR),
+        ("authz", guests::AUTHZ),
+    ];
 
-    let cold = TestHost::start(&server.url(), &plugins, |c| c.cache.dir = Some(cache_dir.clone())).await;
-    let loader_cache = cold.host.loader().cache().expect("the cache is on by default");
+    let cold = TestHost::start(&server.url(), &plugins, |c| {
+        c.cache.dir = Some(cache_dir.clone())
+    })
+    .await;
+    let loader_cache = cold
+        .host
+        .loader()
+        .cache()
+        .expect("the cache is on by default");
     assert_eq!((loader_cache.hits(), loader_cache.misses()), (0, 2));
     cold.host.shutdown().await.unwrap();
 
-    let warm = TestHost::start(&server.url(), &plugins, |c| c.cache.dir = Some(cache_dir.clone())).await;
+    let warm = TestHost::start(&server.url(), &plugins, |c| {
+        c.cache.dir = Some(cache_dir.clone())
+    })
+    .await;
     let loader_cache = warm.host.loader().cache().unwrap();
     assert_eq!((loader_cache.hits(), loader_cache.misses()), (2, 0));
     let client = PhaseClient::new(server.connect().await);

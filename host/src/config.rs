@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::phase::Phase;
+
 /// The whole host configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,6 +133,75 @@ pub struct RuntimeConfig {
     pub max_in_flight_per_plugin: usize,
     /// Instance slots of the pooling allocator. Default 1000.
     pub pool_instances: u32,
+    /// Calls of one plugin running at once (on worker threads); the rest
+    /// wait their turn, taken round-robin across plugins. 0 (the default) =
+    /// as many as there are workers.
+    pub max_concurrency_per_plugin: usize,
+    /// What a request meets when its plugin or the host is at its
+    /// in-flight cap: `wait` (default, up to `max_queue_wait_ms`) or
+    /// `reject` (a 503 error reply at once).
+    pub overload: OverloadPolicy,
+    /// With `overload = "wait"`: the longest a request waits for a slot
+    /// before it gets a 503. Default 1000.
+    pub max_queue_wait_ms: u64,
+    /// Per phase: answer `error` (closed) or `next` (open) when a plugin
+    /// traps, times out or hits a limit. Default closed for the filter
+    /// phases, open for logging.
+    pub failure_mode: FailureModes,
+}
+
+/// What happens to a request that finds no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverloadPolicy {
+    /// Wait for a slot, up to `max_queue_wait_ms`.
+    Wait,
+    /// Answer 503 at once.
+    Reject,
+}
+
+/// What a caller is told when a plugin fails (trap, timeout, limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// An `"error"` reply with the service error headers: the caller stops.
+    Closed,
+    /// A `"next"` reply without mutations, with the failure in `error`: the
+    /// caller goes on as if the plugin were absent.
+    Open,
+}
+
+/// A failure mode per phase; unset phases take the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailureModes {
+    pub request_filter: Option<FailureMode>,
+    pub response_filter: Option<FailureMode>,
+    pub response_body_filter: Option<FailureMode>,
+    pub logging: Option<FailureMode>,
+}
+
+impl FailureModes {
+    /// The mode set for `phase`, if any.
+    pub fn get(&self, phase: Phase) -> Option<FailureMode> {
+        match phase {
+            Phase::RequestFilter => self.request_filter,
+            Phase::ResponseFilter => self.response_filter,
+            Phase::ResponseBodyFilter => self.response_body_filter,
+            Phase::Logging => self.logging,
+        }
+    }
+
+    /// The mode of `phase`: this one's, else `fallback`'s, else the built-in
+    /// default (closed, but open for logging).
+    pub fn resolve(&self, fallback: &FailureModes, phase: Phase) -> FailureMode {
+        self.get(phase)
+            .or(fallback.get(phase))
+            .unwrap_or(match phase {
+                Phase::Logging => FailureMode::Open,
+                _ => FailureMode::Closed,
+            })
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -145,6 +216,10 @@ impl Default for RuntimeConfig {
             max_in_flight: 1024,
             max_in_flight_per_plugin: 256,
             pool_instances: 1000,
+            max_concurrency_per_plugin: 0,
+            overload: OverloadPolicy::Wait,
+            max_queue_wait_ms: 1000,
+            failure_mode: FailureModes::default(),
         }
     }
 }
@@ -168,6 +243,14 @@ impl RuntimeConfig {
 pub struct PluginSettings {
     /// Calls in flight for this plugin; default `runtime.max_in_flight_per_plugin`.
     pub max_in_flight: Option<usize>,
+    /// Calls of this plugin running at once; default `runtime.max_concurrency_per_plugin`.
+    pub max_concurrency: Option<usize>,
+    /// Deadline of one call; default `runtime.call_timeout_ms`.
+    pub call_timeout_ms: Option<u64>,
+    /// Linear memory cap per instance; default `runtime.max_memory_mb`.
+    pub max_memory_mb: Option<u64>,
+    /// Failure mode per phase; unset phases follow `runtime.failure_mode`.
+    pub failure_mode: FailureModes,
     /// Values the plugin reads with `config-get`: `[plugin.NAME.config]`.
     /// Strings, numbers and booleans are accepted and passed as text.
     #[serde(deserialize_with = "scalar_map")]
@@ -265,6 +348,7 @@ impl HostConfig {
                 runtime.max_in_flight_per_plugin as u64,
             ),
             ("runtime.pool_instances", u64::from(runtime.pool_instances)),
+            ("runtime.max_queue_wait_ms", runtime.max_queue_wait_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -286,8 +370,26 @@ impl HostConfig {
         }
         for (name, settings) in &self.plugin {
             validate_plugin_name(name).with_context(|| format!("in [plugin.{name}]"))?;
-            if settings.max_in_flight == Some(0) {
-                bail!("plugin.{name}.max_in_flight must be greater than 0");
+            for (key, value) in [
+                ("max_in_flight", settings.max_in_flight.map(|v| v as u64)),
+                (
+                    "max_concurrency",
+                    settings.max_concurrency.map(|v| v as u64),
+                ),
+                ("call_timeout_ms", settings.call_timeout_ms),
+                ("max_memory_mb", settings.max_memory_mb),
+            ] {
+                if value == Some(0) {
+                    bail!("plugin.{name}.{key} must be greater than 0");
+                }
+            }
+            if let Some(memory) = settings.max_memory_mb
+                && memory > runtime.max_memory_mb
+            {
+                bail!(
+                    "plugin.{name}.max_memory_mb ({memory}) is above runtime.max_memory_mb ({}), the size of every instance slot; raise runtime.max_memory_mb",
+                    runtime.max_memory_mb
+                );
             }
         }
         Ok(())
@@ -365,6 +467,8 @@ mod tests {
             call_timeout_ms = 250
             [plugin.auth]
             max_in_flight = 8
+            [plugin.auth.failure_mode]
+            request_filter = "open"
             [plugin.auth.config]
             token = "s3cret"
             retries = 3
@@ -377,6 +481,21 @@ mod tests {
         assert_eq!(config.plugin_max_in_flight("auth"), 8);
         assert_eq!(config.plugin_max_in_flight("other"), 256);
         let auth = config.plugin_settings("auth");
+        let runtime_modes = &config.runtime.failure_mode;
+        assert_eq!(
+            auth.failure_mode
+                .resolve(runtime_modes, Phase::RequestFilter),
+            FailureMode::Open
+        );
+        assert_eq!(
+            auth.failure_mode
+                .resolve(runtime_modes, Phase::ResponseFilter),
+            FailureMode::Closed
+        );
+        assert_eq!(
+            auth.failure_mode.resolve(runtime_modes, Phase::Logging),
+            FailureMode::Open
+        );
         assert_eq!(auth.config["retries"], "3");
         assert_eq!(auth.config["strict"], "true");
     }

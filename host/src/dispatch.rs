@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::bindings::natsplug::plugin::types as wit;
-use crate::config::InstanceMode;
+use crate::config::{FailureMode, InstanceMode};
 use crate::logs::LogRecord;
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginInstance};
@@ -17,11 +17,9 @@ use crate::protocol::{
 };
 use crate::sandbox::CallContext;
 
-/// Limits and reuse policy for calls.
+/// Host-wide call settings; per-plugin limits are in [`crate::plugin::PluginLimits`].
 #[derive(Debug, Clone)]
 pub struct CallSettings {
-    /// Deadline of one guest call.
-    pub timeout: Duration,
     /// Reuse warm instances or make one per call.
     pub instance_mode: InstanceMode,
     /// With reuse: calls before an instance is replaced.
@@ -34,7 +32,6 @@ impl CallSettings {
     /// The settings of a host runtime config.
     pub fn from_runtime(runtime: &crate::config::RuntimeConfig, max_reply_bytes: usize) -> Self {
         CallSettings {
-            timeout: Duration::from_millis(runtime.call_timeout_ms),
             instance_mode: runtime.instance_mode,
             max_calls_per_instance: runtime.max_calls_per_instance,
             max_reply_bytes,
@@ -54,6 +51,9 @@ pub struct Outcome {
     pub records: Vec<LogRecord>,
     /// Records beyond the per-call cap, not kept.
     pub dropped_records: u64,
+    /// Set when the plugin failed but its failure mode is open, so the
+    /// reply is a `"next"` carrying this failure as its `error` note.
+    pub failed_open: Option<RequestError>,
 }
 
 impl Outcome {
@@ -65,7 +65,37 @@ impl Outcome {
             error: Some(error),
             records: Vec::new(),
             dropped_records: 0,
+            failed_open: None,
         }
+    }
+
+    /// The outcome of `error` for a call under `mode`: an error reply, or,
+    /// failing open, a `"next"` with no mutations that notes the failure.
+    pub fn failure_with_mode(
+        request_id: String,
+        error: RequestError,
+        mode: FailureMode,
+    ) -> Outcome {
+        if mode == FailureMode::Open && error.is_plugin_failure() {
+            let reply = PhaseReply {
+                error: Some(format!("failed open: {error}")),
+                ..PhaseReply::next(request_id)
+            };
+            Outcome {
+                payload: protocol::encode_reply(&reply),
+                error: None,
+                records: Vec::new(),
+                dropped_records: 0,
+                failed_open: Some(error),
+            }
+        } else {
+            Outcome::failure(request_id, error)
+        }
+    }
+
+    /// The failure this outcome reports or hides, if any.
+    pub fn failure_cause(&self) -> Option<&RequestError> {
+        self.error.as_ref().or(self.failed_open.as_ref())
     }
 }
 
@@ -110,7 +140,8 @@ pub fn run(
         },
     };
     let request_id = request.request_id.clone();
-    let result = call_guest(instance, phase, request, trace_id, settings.timeout);
+    let timeout = plugin.limits.call_timeout;
+    let result = call_guest(instance, phase, request, trace_id, timeout);
     instance.calls += 1;
     let (records, dropped_records) = instance.store.data_mut().take_records();
 
@@ -121,47 +152,42 @@ pub fn run(
         *slot = None;
     }
 
-    let (reply, error) = match result {
+    let failure = match result {
         Ok(reply) => match check_reply(&reply, phase) {
-            Ok(()) => (reply, None),
-            Err(problem) => {
-                let error = RequestError::PluginFailed(format!(
-                    "plugin `{}` returned an invalid decision in {phase}: {problem}",
-                    plugin.name
-                ));
-                (
-                    PhaseReply::error(request_id.clone(), error.to_string()),
-                    Some(error),
-                )
+            Ok(()) => {
+                let payload = protocol::encode_reply(&reply);
+                if payload.len() <= settings.max_reply_bytes {
+                    return Outcome {
+                        payload,
+                        error: None,
+                        records,
+                        dropped_records,
+                        failed_open: None,
+                    };
+                }
+                RequestError::PluginFailed(format!(
+                    "plugin `{}` returned a reply of {} bytes in {phase}, above the {} bytes the connection can carry",
+                    plugin.name,
+                    payload.len(),
+                    settings.max_reply_bytes
+                ))
             }
+            Err(problem) => RequestError::PluginFailed(format!(
+                "plugin `{}` returned an invalid decision in {phase}: {problem}",
+                plugin.name
+            )),
         },
         Err(error) => {
-            let error = classify_failure(&plugin.name, phase, settings.timeout, &error);
             // A failed instance may be in any state: never reuse it.
             *slot = None;
-            (
-                PhaseReply::error(request_id.clone(), error.to_string()),
-                Some(error),
-            )
+            classify_failure(&plugin.name, phase, timeout, &error)
         }
     };
-    let mut payload = protocol::encode_reply(&reply);
-    let mut error = error;
-    if payload.len() > settings.max_reply_bytes {
-        let failure = RequestError::PluginFailed(format!(
-            "plugin `{}` returned a reply of {} bytes in {phase}, above the {} bytes the connection can carry",
-            plugin.name,
-            payload.len(),
-            settings.max_reply_bytes
-        ));
-        payload = protocol::encode_reply(&PhaseReply::error(request_id, failure.to_string()));
-        error = Some(failure);
-    }
+    let mode = plugin.limits.failure_mode(phase);
     Outcome {
-        payload,
-        error,
         records,
         dropped_records,
+        ..Outcome::failure_with_mode(request_id, failure, mode)
     }
 }
 
@@ -235,10 +261,14 @@ fn classify_failure(
             "plugin `{plugin}` exceeded its {} ms deadline in {phase}",
             timeout.as_millis()
         )),
-        Some(trap) => RequestError::PluginFailed(format!(
-            "plugin `{plugin}` trapped in {phase}: {trap}{}",
-            guest_frames(error)
-        )),
+        Some(trap) => {
+            let trap = trap.to_string();
+            RequestError::PluginFailed(format!(
+                "plugin `{plugin}` trapped in {phase}: {}{}",
+                trap.trim_start_matches("wasm trap: "),
+                guest_frames(error)
+            ))
+        }
         None => {
             RequestError::PluginFailed(format!("plugin `{plugin}` failed in {phase}: {error:#}"))
         }

@@ -1,21 +1,25 @@
 //! The worker threads that run plugin code.
 //!
 //! Guest code never runs on the async runtime: a fixed set of OS threads
-//! takes jobs from a queue, so a busy or stuck plugin cannot delay NATS
-//! I/O. Each worker keeps one warm instance per plugin (when instances are
+//! takes jobs from a scheduler, so a busy or stuck plugin cannot delay NATS
+//! I/O. The scheduler keeps one queue per plugin and hands out work
+//! round-robin across plugins, never running more calls of one plugin at
+//! once than its concurrency cap: a plugin flooded with slow requests
+//! delays its neighbours by one call at most, not by its whole backlog.
+//! Each worker keeps one warm instance per plugin (when instances are
 //! reused) and publishes the reply itself.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::dispatch::{self, CallSettings, trace_id_of};
-use crate::logs::LogSink;
+use crate::dispatch::{self, CallSettings, Outcome, trace_id_of};
+use crate::logs::{LogLevel, LogRecord, LogSink};
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginInstance};
 use crate::protocol::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
@@ -38,19 +42,6 @@ pub struct Job {
     pub permits: Vec<OwnedSemaphorePermit>,
 }
 
-/// What the queue carries.
-enum Task {
-    Run(Job),
-    /// Sent once per worker at shutdown, behind every queued job.
-    Stop,
-}
-
-/// The pool of worker threads.
-pub struct Executor {
-    sender: Sender<Task>,
-    workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -61,40 +52,157 @@ pub struct WorkerContext {
     pub stats: Arc<HostStats>,
 }
 
+/// One plugin's waiting jobs.
+struct PluginQueue {
+    jobs: VecDeque<Job>,
+    running: usize,
+    /// Whether the plugin is in the ready list.
+    ready: bool,
+}
+
+#[derive(Default)]
+struct Queues {
+    plugins: HashMap<String, PluginQueue>,
+    /// Plugins with a job waiting and room to run it, in turn order.
+    ready: VecDeque<String>,
+    stopping: bool,
+}
+
+struct Scheduler {
+    queues: Mutex<Queues>,
+    work: Condvar,
+    workers: usize,
+}
+
+impl Scheduler {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cap(&self, plugin: &LoadedPlugin) -> usize {
+        match plugin.limits.max_concurrency {
+            0 => self.workers,
+            cap => cap,
+        }
+    }
+
+    fn submit(&self, job: Job) {
+        let cap = self.cap(&job.plugin);
+        let mut queues = self.lock();
+        let Queues { plugins, ready, .. } = &mut *queues;
+        let queue = plugins
+            .entry(job.plugin.name.clone())
+            .or_insert_with(|| PluginQueue {
+                jobs: VecDeque::new(),
+                running: 0,
+                ready: false,
+            });
+        queue.jobs.push_back(job);
+        if !queue.ready && queue.running < cap {
+            queue.ready = true;
+            ready.push_back(queue.jobs[0].plugin.name.clone());
+            self.work.notify_one();
+        }
+    }
+
+    /// The next job, or `None` when stopping and nothing is left.
+    /// `Err(())` when the wait timed out (time to sweep).
+    fn next(&self) -> Result<Option<Job>, ()> {
+        let mut queues = self.lock();
+        loop {
+            if let Some(name) = queues.ready.pop_front() {
+                let Queues { plugins, ready, .. } = &mut *queues;
+                let Some(queue) = plugins.get_mut(&name) else {
+                    continue;
+                };
+                queue.ready = false;
+                let Some(job) = queue.jobs.pop_front() else {
+                    continue;
+                };
+                queue.running += 1;
+                // Back of the line: other plugins get their turn first.
+                if !queue.jobs.is_empty() && queue.running < self.cap(&job.plugin) {
+                    queue.ready = true;
+                    ready.push_back(name);
+                    self.work.notify_one();
+                }
+                return Ok(Some(job));
+            }
+            if queues.stopping {
+                return Ok(None);
+            }
+            let (guard, timeout) = self
+                .work
+                .wait_timeout(queues, SWEEP_INTERVAL)
+                .unwrap_or_else(|e| e.into_inner());
+            queues = guard;
+            if timeout.timed_out() && queues.ready.is_empty() {
+                return Err(());
+            }
+        }
+    }
+
+    fn finished(&self, plugin: &LoadedPlugin) {
+        let cap = self.cap(plugin);
+        let mut queues = self.lock();
+        let Queues { plugins, ready, .. } = &mut *queues;
+        if let Some(queue) = plugins.get_mut(&plugin.name) {
+            queue.running -= 1;
+            if queue.jobs.is_empty() {
+                if queue.running == 0 {
+                    plugins.remove(&plugin.name);
+                }
+            } else if !queue.ready && queue.running < cap {
+                queue.ready = true;
+                ready.push_back(plugin.name.clone());
+                self.work.notify_one();
+            }
+        }
+    }
+}
+
+/// The pool of worker threads.
+pub struct Executor {
+    scheduler: Arc<Scheduler>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
 impl Executor {
     /// Start `count` worker threads.
     pub fn start(count: usize, context: WorkerContext) -> anyhow::Result<Executor> {
-        // The queue is unbounded; what bounds it are the concurrency permits
-        // every job holds.
-        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
+        let scheduler = Arc::new(Scheduler {
+            queues: Mutex::new(Queues::default()),
+            work: Condvar::new(),
+            workers: count,
+        });
+        // The queues are unbounded; what bounds them are the concurrency
+        // permits every job holds.
         let workers = (0..count)
             .map(|index| {
-                let receiver = receiver.clone();
+                let scheduler = scheduler.clone();
                 let context = context.clone();
                 std::thread::Builder::new()
                     .name(format!("natsplug-worker-{index}"))
-                    .spawn(move || worker_loop(receiver, context))
+                    .spawn(move || worker_loop(&scheduler, context))
                     .context("starting a worker thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Executor {
-            sender,
-            workers: std::sync::Mutex::new(workers),
+            scheduler,
+            workers: Mutex::new(workers),
         })
     }
 
     /// Queue a job.
     pub fn submit(&self, job: Job) {
-        // The receivers live as long as the executor: sending cannot fail.
-        let _ = self.sender.send(Task::Run(job));
+        self.scheduler.submit(job);
     }
 
     /// Finish every job queued so far, then stop the workers. Blocks.
     pub fn shutdown(&self) {
+        self.scheduler.lock().stopping = true;
+        self.scheduler.work.notify_all();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        for _ in &workers {
-            let _ = self.sender.send(Task::Stop);
-        }
         for worker in workers {
             let _ = worker.join();
         }
@@ -107,17 +215,18 @@ struct WarmSlot {
     instance: Option<PluginInstance>,
 }
 
-fn worker_loop(receiver: Receiver<Task>, context: WorkerContext) {
+fn worker_loop(scheduler: &Scheduler, context: WorkerContext) {
     let mut warm: HashMap<String, WarmSlot> = HashMap::new();
     loop {
-        match receiver.recv_timeout(SWEEP_INTERVAL) {
-            Ok(Task::Run(job)) => run_job(job, &mut warm, &context),
-            Ok(Task::Stop) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                // Instances of unloaded plugins hold pool slots: release them.
-                warm.retain(|_, slot| slot.plugin.strong_count() > 0);
+        match scheduler.next() {
+            Ok(Some(job)) => {
+                let plugin = job.plugin.clone();
+                run_job(job, &mut warm, &context);
+                scheduler.finished(&plugin);
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(None) => break,
+            // Instances of unloaded plugins hold pool slots: release them.
+            Err(()) => warm.retain(|_, slot| slot.plugin.strong_count() > 0),
         }
     }
 }
@@ -141,7 +250,7 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         instance: None,
     });
     slot.plugin = Arc::downgrade(&plugin);
-    let outcome = dispatch::run(
+    let mut outcome = dispatch::run(
         &mut slot.instance,
         &plugin,
         phase,
@@ -149,53 +258,117 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         trace_id,
         &context.settings,
     );
+    let records = std::mem::take(&mut outcome.records);
+    // Count before replying, so a caller that has its reply sees it counted.
+    let failure = outcome.failure_cause().map(|e| e.to_string());
+    endpoint.record(received.elapsed(), failure.as_deref());
+    if outcome.dropped_records > 0 {
+        context
+            .stats
+            .records_dropped
+            .fetch_add(outcome.dropped_records, Ordering::Relaxed);
+    }
+    if let Some(cause) = outcome.failure_cause()
+        && cause.is_plugin_failure()
+    {
+        let request_id = crate::protocol::peek_request_id(&message.payload);
+        report_failure(context, &plugin, phase, &request_id, &outcome);
+    }
     if let Some(reply_to) = message.reply {
-        let published = match &outcome.error {
-            None => context
-                .runtime
-                .block_on(context.client.publish(reply_to, outcome.payload.into())),
-            Some(error) => {
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    SERVICE_ERROR_HEADER,
-                    single_line(&error.to_string()).as_str(),
-                );
-                headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
-                context
-                    .runtime
-                    .block_on(context.client.publish_with_headers(
-                        reply_to,
-                        headers,
-                        outcome.payload.into(),
-                    ))
-            }
-        };
-        if let Err(error) = published {
-            context
-                .stats
-                .reply_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(plugin = %plugin.name, %phase, %error, "could not publish a reply");
-        }
+        context.runtime.block_on(publish_outcome(
+            &context.client,
+            reply_to,
+            outcome.payload,
+            outcome.error.as_ref(),
+            &context.stats,
+        ));
     }
-    let error_text = outcome.error.as_ref().map(|e| e.to_string());
-    if let Some(error) = &outcome.error {
-        tracing::debug!(plugin = %plugin.name, %phase, code = error.code(), %error, "error reply");
-    }
-    endpoint.record(received.elapsed(), error_text.as_deref());
     drop(permits);
-    for record in outcome.records {
+    for record in records {
         context.sink.emit(record);
     }
-    if outcome.dropped_records > 0 {
-        context.stats.records_dropped.fetch_add(
-            outcome.dropped_records,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+}
+
+/// Log a plugin failure and emit it as a host log record.
+fn report_failure(
+    context: &WorkerContext,
+    plugin: &LoadedPlugin,
+    phase: Phase,
+    request_id: &str,
+    outcome: &Outcome,
+) {
+    let Some(cause) = outcome.failure_cause() else {
+        return;
+    };
+    let failed_open = outcome.failed_open.is_some();
+    tracing::warn!(
+        plugin = %plugin.name,
+        %phase,
+        request_id,
+        code = cause.code(),
+        failed_open,
+        "{cause}"
+    );
+    if failed_open {
+        context.stats.failed_open.fetch_add(1, Ordering::Relaxed);
+    }
+    context.sink.emit(LogRecord {
+        timestamp: std::time::SystemTime::now(),
+        level: LogLevel::Error,
+        message: cause.to_string(),
+        plugin: plugin.name.clone(),
+        plugin_version: plugin.version.clone(),
+        request_id: Some(request_id.to_string()),
+        session_id: None,
+        trace_id: None,
+        fields: vec![
+            (
+                "phase".into(),
+                crate::logs::LogValue::Text(phase.to_string()),
+            ),
+            (
+                "code".into(),
+                crate::logs::LogValue::Integer(i64::from(cause.code())),
+            ),
+            (
+                "failed_open".into(),
+                crate::logs::LogValue::Boolean(failed_open),
+            ),
+        ],
+    });
+}
+
+/// Publish `outcome` to `reply_to`, with the service error headers when it
+/// is an error reply.
+pub(crate) async fn publish_outcome(
+    client: &async_nats::Client,
+    reply_to: async_nats::Subject,
+    payload: Vec<u8>,
+    error: Option<&crate::protocol::RequestError>,
+    stats: &HostStats,
+) {
+    let payload = bytes::Bytes::from(payload);
+    let published = match error {
+        None => client.publish(reply_to, payload).await,
+        Some(error) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                SERVICE_ERROR_HEADER,
+                single_line(&error.to_string()).as_str(),
+            );
+            headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
+            client
+                .publish_with_headers(reply_to, headers, payload)
+                .await
+        }
+    };
+    if let Err(error) = published {
+        stats.reply_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, "could not publish a reply");
     }
 }
 
 /// Header values cannot hold line breaks.
-pub(crate) fn single_line(text: &str) -> String {
+fn single_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }

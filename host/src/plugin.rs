@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
-use crate::cache::ArtifactCache;
 use crate::bindings::{self, HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
-use crate::config::{PluginSettings, validate_plugin_name};
+use crate::cache::ArtifactCache;
+use crate::config::{FailureMode, PluginSettings, RuntimeConfig, validate_plugin_name};
 use crate::phase::Phase;
 use crate::sandbox::{InstanceState, PluginIdentity};
 
@@ -37,13 +37,50 @@ pub struct LoadedPlugin {
     pub phases: Vec<Phase>,
     /// Calls of this plugin allowed in flight.
     pub max_in_flight: usize,
+    /// Limits and failure policy of this plugin's calls.
+    pub limits: PluginLimits,
     /// Time spent compiling (or loading from the cache) the component.
     pub compile_time: Duration,
     /// Whether the compiled component came from the artifact cache.
     pub from_cache: bool,
     pre: PluginPre<InstanceState>,
     identity: Arc<PluginIdentity>,
-    max_memory_bytes: usize,
+}
+
+/// The resolved limits of one plugin: its own settings over the host's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginLimits {
+    /// Deadline of one call.
+    pub call_timeout: Duration,
+    /// Linear memory cap per instance.
+    pub max_memory_bytes: usize,
+    /// Calls running at once on worker threads (0 = no cap).
+    pub max_concurrency: usize,
+    /// Failure mode per phase, indexed like [`Phase::ALL`].
+    pub failure_modes: [FailureMode; 4],
+}
+
+impl PluginLimits {
+    /// Resolve `settings` over the host-wide `runtime` defaults.
+    pub fn resolve(runtime: &RuntimeConfig, settings: &PluginSettings) -> PluginLimits {
+        let memory_mb = settings.max_memory_mb.unwrap_or(runtime.max_memory_mb);
+        PluginLimits {
+            call_timeout: Duration::from_millis(
+                settings.call_timeout_ms.unwrap_or(runtime.call_timeout_ms),
+            ),
+            max_memory_bytes: usize::try_from(memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
+            max_concurrency: settings
+                .max_concurrency
+                .unwrap_or(runtime.max_concurrency_per_plugin),
+            failure_modes: Phase::ALL
+                .map(|phase| settings.failure_mode.resolve(&runtime.failure_mode, phase)),
+        }
+    }
+
+    /// The failure mode of `phase`.
+    pub fn failure_mode(&self, phase: Phase) -> FailureMode {
+        self.failure_modes[phase as usize]
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -70,7 +107,7 @@ pub struct PluginInstance {
 impl LoadedPlugin {
     /// A new instance with its own store, limits and empty WASI context.
     pub fn instantiate(&self) -> anyhow::Result<PluginInstance> {
-        let state = InstanceState::new(self.identity.clone(), self.max_memory_bytes);
+        let state = InstanceState::new(self.identity.clone(), self.limits.max_memory_bytes);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
@@ -106,25 +143,18 @@ impl LoadedPlugin {
 pub struct PluginLoader {
     engine: Engine,
     linker: Arc<Linker<InstanceState>>,
-    max_memory_bytes: usize,
-    default_max_in_flight: usize,
+    runtime: Arc<RuntimeConfig>,
     cache: Option<Arc<ArtifactCache>>,
 }
 
 impl PluginLoader {
-    /// A loader for `engine` whose instances may use `max_memory_bytes` of
-    /// linear memory each.
-    pub fn new(
-        engine: Engine,
-        max_memory_bytes: usize,
-        default_max_in_flight: usize,
-    ) -> anyhow::Result<Self> {
+    /// A loader for `engine`, with the host-wide limits of `runtime`.
+    pub fn new(engine: Engine, runtime: &RuntimeConfig) -> anyhow::Result<Self> {
         let linker = crate::sandbox::build_linker(&engine)?;
         Ok(PluginLoader {
             engine,
             linker: Arc::new(linker),
-            max_memory_bytes,
-            default_max_in_flight,
+            runtime: Arc::new(runtime.clone()),
             cache: None,
         })
     }
@@ -231,12 +261,14 @@ impl PluginLoader {
             size,
             version: None,
             phases: Vec::new(),
-            max_in_flight: settings.max_in_flight.unwrap_or(self.default_max_in_flight),
+            max_in_flight: settings
+                .max_in_flight
+                .unwrap_or(self.runtime.max_in_flight_per_plugin),
+            limits: PluginLimits::resolve(&self.runtime, settings),
             compile_time,
             from_cache: false,
             pre,
             identity,
-            max_memory_bytes: self.max_memory_bytes,
         };
         let mut instance = plugin.instantiate()?;
         instance

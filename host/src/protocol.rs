@@ -178,6 +178,15 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// Whether the plugin or a limit caused it (as opposed to the caller's
+    /// input): these follow the plugin's failure mode.
+    pub fn is_plugin_failure(&self) -> bool {
+        matches!(
+            self,
+            RequestError::PluginFailed(_) | RequestError::Overloaded(_) | RequestError::Timeout(_)
+        )
+    }
+
     /// The numeric code for `Nats-Service-Error-Code`.
     pub fn code(&self) -> u16 {
         match self {
@@ -243,6 +252,15 @@ pub fn decode_request(
             Err((request_id, error))
         }
     }
+}
+
+/// The `request_id` of a payload, when it can be read; empty otherwise.
+/// Reads only that field, for replies to requests refused unread.
+pub fn peek_request_id(payload: &[u8]) -> String {
+    rmp_serde::from_slice::<Envelope>(payload)
+        .ok()
+        .and_then(|e| e.request_id)
+        .unwrap_or_default()
 }
 
 fn unsupported_version(version: u16) -> RequestError {
@@ -393,5 +411,43 @@ mod tests {
             error.to_string().contains("missing field `request`"),
             "{error}"
         );
+    }
+
+    mod fuzz {
+        //! The decoder against arbitrary input: it may refuse, never panic.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                for phase in Phase::ALL {
+                    let _ = decode_request(&bytes, phase);
+                }
+                let _ = peek_request_id(&bytes);
+                let _ = decode_reply(&bytes);
+            }
+
+            #[test]
+            fn mutated_valid_requests_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = encode_request(&sample());
+                for (index, value) in flips {
+                    let at = index.index(bytes.len());
+                    bytes[at] = value;
+                }
+                let keep = cut.index(bytes.len() + 1);
+                bytes.truncate(keep);
+                let _ = decode_request(&bytes, Phase::RequestFilter);
+            }
+        }
+
+        fn sample() -> PhaseRequest {
+            super::sample()
+        }
     }
 }

@@ -14,6 +14,23 @@ use crate::logs::{LogLevel, LogRecord, LogValue};
 
 /// The most records one call may log; the rest are counted as dropped.
 pub const MAX_RECORDS_PER_CALL: usize = 1000;
+/// Longer messages and text values are cut to this many bytes.
+pub const MAX_LOG_TEXT_BYTES: usize = 4096;
+/// Fields beyond this many in one record are left out.
+pub const MAX_LOG_FIELDS: usize = 32;
+
+/// `text` cut to at most `MAX_LOG_TEXT_BYTES` on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_LOG_TEXT_BYTES {
+        let mut end = MAX_LOG_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
 
 /// What every instance of a plugin shares: its name, version and config.
 #[derive(Debug)]
@@ -98,20 +115,21 @@ impl host::Host for InstanceState {
         };
         let fields = fields
             .into_iter()
+            .take(MAX_LOG_FIELDS)
             .map(|(key, value)| {
                 let value = match value {
-                    Value::Text(s) => LogValue::Text(s),
+                    Value::Text(s) => LogValue::Text(bounded(s)),
                     Value::Integer(i) => LogValue::Integer(i),
                     Value::Float(f) => LogValue::Float(f),
                     Value::Boolean(b) => LogValue::Boolean(b),
                 };
-                (key, value)
+                (bounded(key), value)
             })
             .collect();
         self.records.push(LogRecord {
             timestamp: std::time::SystemTime::now(),
             level,
-            message,
+            message: bounded(message),
             plugin: self.identity.name.clone(),
             plugin_version: self.identity.version.clone(),
             request_id: Some(self.call.request_id.clone()),

@@ -10,21 +10,19 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
-use async_nats::{Client, HeaderMap, Subscriber};
+use async_nats::{Client, Subscriber};
 use futures::StreamExt;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HostConfig;
-use crate::dispatch::CallSettings;
-use crate::executor::{Executor, Job, WorkerContext, single_line};
+use crate::config::{HostConfig, OverloadPolicy};
+use crate::dispatch::{CallSettings, Outcome};
+use crate::executor::{Executor, Job, WorkerContext, publish_outcome};
 use crate::logs::{LogLevel, LogRecord, LogSink, TracingSink};
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginLoader};
-use crate::protocol::{
-    self, PhaseReply, RequestError, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
-};
+use crate::protocol::{self, RequestError};
 use crate::stats::{EndpointSnapshot, EndpointStats, HostStats};
 
 /// A plugin being served and its subscriptions.
@@ -84,6 +82,8 @@ struct Dispatcher {
     executor: Arc<Executor>,
     host_permits: Arc<Semaphore>,
     max_request_bytes: usize,
+    overload: OverloadPolicy,
+    max_queue_wait: std::time::Duration,
     stats: Arc<HostStats>,
 }
 
@@ -117,9 +117,7 @@ impl Host {
         config.validate()?;
         let runtime = &config.runtime;
         let engine = crate::engine::build_engine(runtime)?;
-        let max_memory = usize::try_from(runtime.max_memory_mb * 1024 * 1024)
-            .context("runtime.max_memory_mb does not fit this platform")?;
-        let mut loader = PluginLoader::new(engine, max_memory, runtime.max_in_flight_per_plugin)?;
+        let mut loader = PluginLoader::new(engine, runtime)?;
         if config.cache.enabled {
             let root = config
                 .cache
@@ -163,6 +161,8 @@ impl Host {
             executor: Arc::new(executor),
             host_permits: Arc::new(Semaphore::new(runtime.max_in_flight)),
             max_request_bytes: runtime.max_request_bytes,
+            overload: runtime.overload,
+            max_queue_wait: std::time::Duration::from_millis(runtime.max_queue_wait_ms),
             stats: stats.clone(),
         };
         Ok(Host {
@@ -255,11 +255,17 @@ impl Host {
         match compiled {
             Ok(plugin) => {
                 let replaced = self.install(plugin).await?;
-                Ok(if replaced { SyncOutcome::Reloaded } else { SyncOutcome::Loaded })
+                Ok(if replaced {
+                    SyncOutcome::Reloaded
+                } else {
+                    SyncOutcome::Loaded
+                })
             }
             Err(error) => {
                 let message = if served_hash.is_some() {
-                    format!("plugin `{name}` failed to load; the previous version keeps serving: {error:#}")
+                    format!(
+                        "plugin `{name}` failed to load; the previous version keeps serving: {error:#}"
+                    )
                 } else {
                     format!("plugin `{name}` failed to load: {error:#}")
                 };
@@ -565,15 +571,32 @@ impl Dispatcher {
                 message.payload.len(),
                 self.max_request_bytes
             ));
-            self.reply_error(reply_to, error, stats, received).await;
+            let outcome = Outcome::failure(protocol::peek_request_id(&message.payload), error);
+            self.reply(reply_to, outcome, stats, received).await;
             return;
         }
-        // Both permits are held until the reply is sent; waiting here is
-        // what bounds the work queued in the host.
-        let (Ok(host_permit), Ok(plugin_permit)) = (
-            self.host_permits.clone().acquire_owned().await,
-            permits.clone().acquire_owned().await,
-        ) else {
+        // The plugin's permit first: a plugin at its cap must not hold a
+        // host-wide slot while it waits. Both are held until the reply is sent.
+        let acquired = match self.acquire(permits).await {
+            Some(plugin_permit) => match self.acquire(&self.host_permits).await {
+                Some(host_permit) => Some(vec![plugin_permit, host_permit]),
+                None => None,
+            },
+            None => None,
+        };
+        let Some(permits) = acquired else {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            let current = plugin.load();
+            let error = RequestError::Overloaded(format!(
+                "plugin `{}` is at its concurrency limit; try again later",
+                current.name
+            ));
+            let outcome = Outcome::failure_with_mode(
+                protocol::peek_request_id(&message.payload),
+                error,
+                current.limits.failure_mode(phase),
+            );
+            self.reply(reply_to, outcome, stats, received).await;
             return;
         };
         self.executor.submit(Job {
@@ -582,32 +605,39 @@ impl Dispatcher {
             message,
             endpoint: stats.clone(),
             received,
-            permits: vec![host_permit, plugin_permit],
+            permits,
         });
     }
 
-    async fn reply_error(
+    /// A slot of `semaphore` under the overload policy, or `None`.
+    async fn acquire(&self, semaphore: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        match self.overload {
+            OverloadPolicy::Reject => semaphore.clone().try_acquire_owned().ok(),
+            OverloadPolicy::Wait => {
+                tokio::time::timeout(self.max_queue_wait, semaphore.clone().acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+        }
+    }
+
+    async fn reply(
         &self,
         reply_to: async_nats::Subject,
-        error: RequestError,
+        outcome: Outcome,
         stats: &EndpointStats,
         received: Instant,
     ) {
-        let payload = protocol::encode_reply(&PhaseReply::error(String::new(), error.to_string()));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            SERVICE_ERROR_HEADER,
-            single_line(&error.to_string()).as_str(),
-        );
-        headers.insert(SERVICE_ERROR_CODE_HEADER, error.code().to_string().as_str());
-        if let Err(publish_error) = self
-            .client
-            .publish_with_headers(reply_to, headers, payload.into())
-            .await
-        {
-            self.stats.reply_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %publish_error, "could not publish an error reply");
-        }
-        stats.record(received.elapsed(), Some(&error.to_string()));
+        let failure = outcome.failure_cause().map(|e| e.to_string());
+        publish_outcome(
+            &self.client,
+            reply_to,
+            outcome.payload,
+            outcome.error.as_ref(),
+            &self.stats,
+        )
+        .await;
+        stats.record(received.elapsed(), failure.as_deref());
     }
 }

@@ -58,4 +58,8 @@ pub struct HostStats {
     pub reply_failures: AtomicU64,
     /// Plugin log records beyond the per-call cap.
     pub records_dropped: AtomicU64,
+    /// Requests refused or timed out waiting for a slot (503).
+    pub overloaded: AtomicU64,
+    /// Plugin failures answered with `"next"` under an open failure mode.
+    pub failed_open: AtomicU64,
 }

@@ -36,30 +36,31 @@ impl DirectoryWatcher {
     pub fn start(host: Arc<Host>, debounce: Duration) -> anyhow::Result<DirectoryWatcher> {
         let dir = host.config().plugins.dir.clone();
         let (sender, receiver) = mpsc::unbounded_channel::<(PathBuf, bool)>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::warn!(%error, "plugins directory watch error");
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::warn!(%error, "plugins directory watch error");
+                        return;
+                    }
+                };
+                // Renames and removals leave nothing half-done: act at once.
+                let settled = matches!(
+                    event.kind,
+                    EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(
+                            RenameMode::To | RenameMode::From | RenameMode::Both
+                        ))
+                );
+                if matches!(event.kind, EventKind::Access(_)) {
                     return;
                 }
-            };
-            // Renames and removals leave nothing half-done: act at once.
-            let settled = matches!(
-                event.kind,
-                EventKind::Remove(_)
-                    | EventKind::Modify(ModifyKind::Name(
-                        RenameMode::To | RenameMode::From | RenameMode::Both
-                    ))
-            );
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            for path in event.paths {
-                let _ = sender.send((path, settled));
-            }
-        })
-        .context("creating the plugins directory watcher")?;
+                for path in event.paths {
+                    let _ = sender.send((path, settled));
+                }
+            })
+            .context("creating the plugins directory watcher")?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching the plugins directory {}", dir.display()))?;

@@ -13,6 +13,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("authz", "AUTHZ"),
     ("body-redactor", "BODY_REDACTOR"),
     ("access-logger", "ACCESS_LOGGER"),
+    ("misbehave", "MISBEHAVE"),
 ];
 
 fn main() {

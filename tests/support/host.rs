@@ -40,7 +40,9 @@ impl LogSink for CollectSink {
 
 /// The compiled-artifact cache shared by the tests.
 pub fn shared_cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("test-cache")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-cache")
 }
 
 impl TestHost {
@@ -74,6 +76,15 @@ impl TestHost {
             dir,
             records,
         }
+    }
+
+    /// The records emitted at `level`.
+    pub fn host_records_with_level(&self, level: natsplug::logs::LogLevel) -> Vec<LogRecord> {
+        self.records
+            .records()
+            .into_iter()
+            .filter(|r| r.level == level)
+            .collect()
     }
 
     /// Start hot reload on the plugins directory.

@@ -99,7 +99,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let urls = config.nats_urls();
     let client = nats::connect(&urls).await?;
-    let host = Arc::new(Host::new(config, client).await.context("starting the host")?);
+    let host = Arc::new(
+        Host::new(config, client)
+            .await
+            .context("starting the host")?,
+    );
     let failures = host.load_directory().await?;
     let watcher = if host.config().plugins.watch {
         let debounce = Duration::from_millis(host.config().plugins.debounce_ms);

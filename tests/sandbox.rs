@@ -1,0 +1,453 @@
+//! No plugin can hurt the host or its neighbours: loops, memory bombs,
+//! stack overflows, panics, invalid or oversized results and log floods
+//! each get the right answer in bounded time while a well-behaved plugin on
+//! the same host keeps serving.
+
+use std::time::{Duration, Instant};
+
+use natsplug::HostConfig;
+use natsplug::config::{FailureMode, InstanceMode, OverloadPolicy};
+use natsplug::protocol::{Action, PhaseReply};
+use natsplug_suite::client::{RawReply, request};
+use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
+
+const TIMEOUT_MS: u64 = 200;
+
+async fn start(
+    server: &NatsServer,
+    configure: impl FnOnce(&mut HostConfig),
+) -> (TestHost, PhaseClient) {
+    let host = TestHost::start(
+        &server.url(),
+        &[
+            ("misbehave", guests::MISBEHAVE),
+            ("header-injector", guests::HEADER_INJECTOR),
+        ],
+        |config| {
+            config.runtime.workers = 2;
+            config.runtime.call_timeout_ms = TIMEOUT_MS;
+            config.runtime.max_memory_mb = 32;
+            configure(config);
+        },
+    )
+    .await;
+    (host, PhaseClient::new(server.connect().await))
+}
+
+async fn call(client: &PhaseClient, path: &str) -> RawReply {
+    let payload = natsplug::protocol::encode_request(&request("request_filter", path, "GET", path));
+    client
+        .send_raw("misbehave", "request_filter", payload)
+        .await
+        .expect("a reply")
+}
+
+fn assert_error(raw: &RawReply, code: u16, starts_with: &str) -> PhaseReply {
+    let reply = raw.reply();
+    assert_eq!(reply.action, Action::Error, "{reply:?}");
+    let error = reply.error.clone().unwrap();
+    assert!(
+        error.starts_with(starts_with),
+        "`{error}` should start with `{starts_with}`"
+    );
+    assert_eq!(
+        raw.header("Nats-Service-Error-Code"),
+        Some(code.to_string())
+    );
+    reply
+}
+
+/// Send `count` requests to the well-behaved plugin; all must succeed.
+async fn neighbour_requests(client: PhaseClient, count: usize) -> usize {
+    let mut ok = 0;
+    for index in 0..count {
+        let reply = client
+            .send(
+                "header-injector",
+                &request("request_filter", &format!("n-{index}"), "GET", "/"),
+            )
+            .await;
+        assert_eq!(
+            reply.action,
+            Action::Next,
+            "a neighbour request failed: {reply:?}"
+        );
+        ok += 1;
+    }
+    ok
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_gets_a_504_in_time_while_neighbours_are_served() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config
+            .plugin
+            .entry("misbehave".into())
+            .or_default()
+            .max_concurrency = Some(1);
+    })
+    .await;
+
+    let neighbours = tokio::spawn(neighbour_requests(
+        PhaseClient::new(server.connect().await),
+        100,
+    ));
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        loops.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let raw = call(&client, "/loop").await;
+            (raw, started.elapsed())
+        }));
+    }
+    for handle in loops {
+        let (raw, elapsed) = handle.await.unwrap();
+        assert_error(
+            &raw,
+            504,
+            "plugin `misbehave` exceeded its 200 ms deadline in request_filter",
+        );
+        // Four loops, one at a time (max_concurrency = 1): about 4 × 200 ms.
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    }
+    assert_eq!(neighbours.await.unwrap(), 100);
+    // The instance that timed out was discarded: the next call is on a fresh one.
+    let raw = call(&client, "/ok").await;
+    assert_eq!(
+        raw.reply().request_headers.unwrap().set,
+        vec![("x-calls".to_string(), "1".to_string())]
+    );
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_traps_only_its_call_and_memory_stays_bounded() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |_| {}).await;
+    let neighbours = tokio::spawn(neighbour_requests(
+        PhaseClient::new(server.connect().await),
+        50,
+    ));
+    // Warm up once so the baseline includes the instance pool's setup.
+    assert_error(&call(&client, "/alloc").await, 500, "plugin `misbehave`");
+    let before = resident_kib();
+    for _ in 0..20 {
+        assert_error(&call(&client, "/alloc").await, 500, "plugin `misbehave`");
+    }
+    let grown_mib = resident_kib().saturating_sub(before) / 1024;
+    // 20 bombs of 32 MiB each would be 640 MiB if memory were kept.
+    assert!(grown_mib < 128, "resident memory grew by {grown_mib} MiB");
+    assert_eq!(neighbours.await.unwrap(), 50);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stack_overflow_and_panic_are_500s_and_the_host_serves_on() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |_| {}).await;
+    assert_error(
+        &call(&client, "/recurse").await,
+        500,
+        "plugin `misbehave` trapped in request_filter: call stack exhausted",
+    );
+    assert_error(
+        &call(&client, "/panic").await,
+        500,
+        "plugin `misbehave` trapped in request_filter: wasm `unreachable` instruction executed",
+    );
+    assert_eq!(neighbour_requests(client.clone(), 5).await, 5);
+    let raw = call(&client, "/ok").await;
+    assert_eq!(raw.reply().action, Action::Next);
+    // Each failure was reported as a host log record too.
+    let failures: Vec<String> = host
+        .host_records_with_level(natsplug::logs::LogLevel::Error)
+        .into_iter()
+        .map(|r| r.request_id.unwrap_or_default())
+        .collect();
+    assert_eq!(failures, vec!["/recurse".to_string(), "/panic".to_string()]);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_or_oversized_results_are_500s() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |_| {}).await;
+    assert_error(
+        &call(&client, "/bad-status").await,
+        500,
+        "plugin `misbehave` returned an invalid decision in request_filter: status 9999 is not an HTTP status (100-599)",
+    );
+    assert_error(
+        &call(&client, "/bad-header").await,
+        500,
+        "plugin `misbehave` returned an invalid decision in request_filter: `bad header` is not a valid header name",
+    );
+    let raw = call(&client, "/huge").await;
+    let reply = assert_error(&raw, 500, "plugin `misbehave` returned a reply of ");
+    assert!(reply.error.unwrap().ends_with(&format!(
+        "bytes in request_filter, above the {} bytes the connection can carry",
+        client.client.server_info().max_payload
+    )));
+    assert_eq!(call(&client, "/ok").await.reply().action, Action::Next);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_log_flood_is_capped_per_call_and_counted() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |_| {}).await;
+    let raw = call(&client, "/flood").await;
+    assert_eq!(raw.reply().action, Action::Next);
+    // Dropped records are counted before the reply; kept ones follow it.
+    assert_eq!(
+        host.host
+            .stats()
+            .records_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4000
+    );
+    let kept = || {
+        host.records
+            .records()
+            .into_iter()
+            .filter(|r| r.request_id.as_deref() == Some("/flood"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kept() < natsplug::sandbox::MAX_RECORDS_PER_CALL {
+        assert!(Instant::now() < deadline, "only {} records arrived", kept());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let kept = kept();
+    assert_eq!(kept, natsplug::sandbox::MAX_RECORDS_PER_CALL);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_open_answers_next_with_a_note_and_no_error_headers() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config
+            .plugin
+            .entry("misbehave".into())
+            .or_default()
+            .failure_mode
+            .request_filter = Some(FailureMode::Open);
+    })
+    .await;
+    let raw = call(&client, "/panic").await;
+    let reply = raw.reply();
+    assert_eq!(reply.action, Action::Next);
+    assert_eq!(reply.request_headers, None);
+    let note = reply.error.unwrap();
+    assert!(
+        note.starts_with("failed open: plugin `misbehave` trapped in request_filter: wasm `unreachable` instruction executed"),
+        "{note}"
+    );
+    assert_eq!(raw.header("Nats-Service-Error"), None);
+    assert_eq!(raw.header("Nats-Service-Error-Code"), None);
+    // Still counted as an error and as a failure that failed open.
+    assert_eq!(
+        host.host
+            .stats()
+            .failed_open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let status = host.host.status().await;
+    let misbehave = status.iter().find(|p| p.name == "misbehave").unwrap();
+    assert_eq!(misbehave.endpoints[0].stats.errors, 1);
+    // Bad input is the caller's fault: it is never hidden by failing open.
+    let raw = client
+        .send_raw("misbehave", "request_filter", b"junk".to_vec())
+        .await
+        .unwrap();
+    assert_error(&raw, 400, "malformed phase request");
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_limit_a_plugin_rejects_with_503_under_the_reject_policy() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config.runtime.overload = OverloadPolicy::Reject;
+        config
+            .plugin
+            .entry("misbehave".into())
+            .or_default()
+            .max_in_flight = Some(1);
+    })
+    .await;
+    // Both requests go out on one connection, in order: the slow one takes
+    // the plugin's only slot and the second finds it taken.
+    let [slow, rejected] = send_in_order(&client, ["/sleep", "/ok"]).await;
+    let slow = natsplug::protocol::decode_reply(&slow.payload).unwrap();
+    assert_eq!(slow.action, Action::Next);
+    let reply = natsplug::protocol::decode_reply(&rejected.payload).unwrap();
+    assert_eq!(reply.action, Action::Error);
+    assert_eq!(reply.request_id, "/ok");
+    assert_eq!(
+        reply.error.as_deref(),
+        Some("plugin `misbehave` is at its concurrency limit; try again later")
+    );
+    assert_eq!(
+        rejected
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code"))
+            .map(|v| v.as_str()),
+        Some("503")
+    );
+    assert_eq!(
+        host.host
+            .stats()
+            .overloaded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The neighbour has its own limit and is unaffected.
+    assert_eq!(neighbour_requests(client.clone(), 5).await, 5);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_limit_a_plugin_queues_for_a_bounded_time_under_the_wait_policy() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config.runtime.max_queue_wait_ms = 2000;
+        config
+            .plugin
+            .entry("misbehave".into())
+            .or_default()
+            .max_in_flight = Some(1);
+    })
+    .await;
+    let [slow, queued] = send_in_order(&client, ["/sleep", "/ok"]).await;
+    for message in [slow, queued] {
+        assert_eq!(
+            natsplug::protocol::decode_reply(&message.payload)
+                .unwrap()
+                .action,
+            Action::Next
+        );
+    }
+    host.host.shutdown().await.unwrap();
+
+    let (host, client) = start(&server, |config| {
+        config.runtime.max_queue_wait_ms = 20;
+        config
+            .plugin
+            .entry("misbehave".into())
+            .or_default()
+            .max_in_flight = Some(1);
+    })
+    .await;
+    let [slow, expired] = send_in_order(&client, ["/sleep", "/ok"]).await;
+    assert_eq!(
+        natsplug::protocol::decode_reply(&slow.payload)
+            .unwrap()
+            .action,
+        Action::Next
+    );
+    let reply = natsplug::protocol::decode_reply(&expired.payload).unwrap();
+    assert_eq!(
+        reply.error.as_deref(),
+        Some("plugin `misbehave` is at its concurrency limit; try again later")
+    );
+    host.host.shutdown().await.unwrap();
+}
+
+/// Publish requests for `paths` on one connection, in order, and return
+/// their replies in the same order.
+async fn send_in_order<const N: usize>(
+    client: &PhaseClient,
+    paths: [&str; N],
+) -> [async_nats::Message; N] {
+    let inbox = client.client.new_inbox();
+    let mut replies = client.client.subscribe(format!("{inbox}.*")).await.unwrap();
+    for (index, path) in paths.iter().enumerate() {
+        let payload =
+            natsplug::protocol::encode_request(&request("request_filter", path, "GET", path));
+        client
+            .client
+            .publish_with_reply(
+                "nylon.plugin.misbehave.request_filter",
+                format!("{inbox}.{index}"),
+                payload.into(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut by_index: Vec<Option<async_nats::Message>> = (0..N).map(|_| None).collect();
+    for _ in 0..N {
+        let message = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        .expect("a reply within 5 s")
+        .unwrap();
+        let index: usize = message.subject.rsplit('.').next().unwrap().parse().unwrap();
+        by_index[index] = Some(message);
+    }
+    let messages: Vec<async_nats::Message> = by_index.into_iter().map(Option::unwrap).collect();
+    messages
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N replies were collected"))
+}
+
+#[tokio::test]
+async fn warm_instances_are_reused_and_recycled() {
+    let calls_seen = |raw: RawReply| raw.reply().request_headers.unwrap().set[0].1.clone();
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config.runtime.workers = 1;
+        config.runtime.max_calls_per_instance = 3;
+    })
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(calls_seen(call(&client, "/ok").await));
+    }
+    assert_eq!(
+        seen,
+        ["1", "2", "3", "1"],
+        "reused, then recycled after 3 calls"
+    );
+    assert_error(
+        &call(&client, "/panic").await,
+        500,
+        "plugin `misbehave` trapped",
+    );
+    assert_eq!(
+        calls_seen(call(&client, "/ok").await),
+        "1",
+        "a trap discards the instance"
+    );
+    host.host.shutdown().await.unwrap();
+
+    let (host, client) = start(&server, |config| {
+        config.runtime.instance_mode = InstanceMode::Fresh
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            calls_seen(call(&client, "/ok").await),
+            "1",
+            "fresh: a new instance per call"
+        );
+    }
+    host.host.shutdown().await.unwrap();
+}
