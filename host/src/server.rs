@@ -578,10 +578,10 @@ impl Dispatcher {
         // The plugin's permit first: a plugin at its cap must not hold a
         // host-wide slot while it waits. Both are held until the reply is sent.
         let acquired = match self.acquire(permits).await {
-            Some(plugin_permit) => match self.acquire(&self.host_permits).await {
-                Some(host_permit) => Some(vec![plugin_permit, host_permit]),
-                None => None,
-            },
+            Some(plugin_permit) => self
+                .acquire(&self.host_permits)
+                .await
+                .map(|host_permit| vec![plugin_permit, host_permit]),
             None => None,
         };
         let Some(permits) = acquired else {

@@ -140,9 +140,9 @@ async fn run(
                     // Each plugin applies on its own task: one slow compile
                     // delays no other plugin.
                     applying.push(tokio::spawn(async move {
-                        match host.sync_file(&path).await {
-                            Ok(outcome) => tracing::debug!(file = %path.display(), ?outcome, "plugin file applied"),
-                            Err(_) => {} // logged by sync_file
+                        // Failures are logged by sync_file itself.
+                        if let Ok(outcome) = host.sync_file(&path).await {
+                            tracing::debug!(file = %path.display(), ?outcome, "plugin file applied");
                         }
                     }));
                 }

@@ -15,12 +15,40 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
-/// The `natsplug` binary built for these tests.
+/// The `natsplug` binary, built (once per test process) by the same cargo
+/// profile as the tests.
 pub fn natsplug_binary() -> std::path::PathBuf {
-    let mut path = std::env::current_exe().expect("the test binary's path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("natsplug")
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut dir = std::env::current_exe().expect("the test binary's path");
+            dir.pop();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let profile = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("debug")
+                .to_string();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut command = std::process::Command::new(cargo);
+            command
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "--quiet", "-p", "natsplug", "--bin", "natsplug"]);
+            if profile != "debug" {
+                command.args([
+                    "--profile",
+                    if profile == "release" {
+                        "release"
+                    } else {
+                        &profile
+                    },
+                ]);
+            }
+            let status = command.status().expect("running cargo build for natsplug");
+            assert!(status.success(), "building the natsplug binary failed");
+            dir.join("natsplug")
+        })
+        .clone()
 }

