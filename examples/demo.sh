@@ -39,7 +39,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-show() { echo; echo "\$ natsplug call $*"; "$natsplug" call "$@" || true; }
+show() { echo; echo "$ natsplug call $(printf '%q ' "$@")"; "$natsplug" call "$@" || true; }
 show header-injector request_filter --method GET --path /hello
 show authz request_filter --path /admin
 show authz request_filter --path /admin -H 'authorization: Bearer s3cret'
