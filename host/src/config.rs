@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::logs::LogLevel;
 use crate::phase::Phase;
 
 /// The whole host configuration.
@@ -26,6 +27,10 @@ pub struct HostConfig {
     pub runtime: RuntimeConfig,
     /// The compiled-artifact cache.
     pub cache: CacheConfig,
+    /// Log records published to NATS.
+    pub logs: LogsConfig,
+    /// The HTTP monitoring endpoint and NATS service discovery.
+    pub monitoring: MonitoringConfig,
     /// Per-plugin settings, keyed by plugin name: `[plugin.auth]`.
     pub plugin: BTreeMap<String, PluginSettings>,
 }
@@ -77,6 +82,86 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins"),
             watch: true,
             debounce_ms: 200,
+        }
+    }
+}
+
+/// How log records are published to NATS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Publish records to NATS. Default true.
+    pub enabled: bool,
+    /// Subject template; `{plugin}` and `{level}` are filled in. Default `logs.{plugin}.{level}`.
+    pub subject: String,
+    /// `json` (default) or `text`.
+    pub format: LogFormat,
+    /// Lowest level published (plugins can override). Default `info`.
+    pub level: LogLevel,
+    /// Records per second per plugin (plugins can override); 0 = no limit. Default 1000.
+    pub rate_limit_per_sec: u32,
+    /// Records held while waiting to be sent; the oldest are dropped when full. Default 10000.
+    pub buffer: usize,
+    /// Records sent per batch. Default 100.
+    pub batch_size: usize,
+    /// Longest a record waits before its batch is sent, in ms. Default 100.
+    pub flush_interval_ms: u64,
+    /// Publish to a JetStream stream and wait for acks, retrying, instead of
+    /// plain publishes. Default false.
+    pub durable: bool,
+    /// With `durable`: the stream. Default `NATSPLUG_LOGS`.
+    pub stream: String,
+    /// With `durable`: create the stream when it does not exist. Default false.
+    pub create_stream: bool,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            enabled: true,
+            subject: "logs.{plugin}.{level}".into(),
+            format: LogFormat::Json,
+            level: LogLevel::Info,
+            rate_limit_per_sec: 1000,
+            buffer: 10_000,
+            batch_size: 100,
+            flush_interval_ms: 100,
+            durable: false,
+            stream: "NATSPLUG_LOGS".into(),
+            create_stream: false,
+        }
+    }
+}
+
+/// Encoding of published log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per message.
+    Json,
+    /// `[ts] [LEVEL] message key=value ...`
+    Text,
+}
+
+/// Operational endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`);
+    /// off unless set. Use `127.0.0.1:PORT` to keep it local.
+    pub listen: Option<String>,
+    /// Answer NATS service discovery (`$SRV.PING/INFO/STATS`). Default true.
+    pub discovery: bool,
+    /// Service name in discovery. Default `natsplug`.
+    pub service_name: String,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            listen: None,
+            discovery: true,
+            service_name: "natsplug".into(),
         }
     }
 }
@@ -251,6 +336,10 @@ pub struct PluginSettings {
     pub max_memory_mb: Option<u64>,
     /// Failure mode per phase; unset phases follow `runtime.failure_mode`.
     pub failure_mode: FailureModes,
+    /// Lowest level of this plugin's records that is published; default `logs.level`.
+    pub log_level: Option<LogLevel>,
+    /// Records per second this plugin may publish; default `logs.rate_limit_per_sec`.
+    pub log_rate_limit_per_sec: Option<u32>,
     /// Values the plugin reads with `config-get`: `[plugin.NAME.config]`.
     /// Strings, numbers and booleans are accepted and passed as text.
     #[serde(deserialize_with = "scalar_map")]
@@ -366,6 +455,48 @@ impl HostConfig {
             bail!(
                 "runtime.pool_instances ({}) is below the worker count ({needed}): every worker needs at least one instance slot",
                 runtime.pool_instances
+            );
+        }
+        let logs = &self.logs;
+        for (key, value) in [
+            ("logs.buffer", logs.buffer as u64),
+            ("logs.batch_size", logs.batch_size as u64),
+            ("logs.flush_interval_ms", logs.flush_interval_ms),
+        ] {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        let sample = logs
+            .subject
+            .replace("{plugin}", "p")
+            .replace("{level}", "info");
+        validate_subject("logs.subject", &sample).map_err(|_| {
+            anyhow::anyhow!(
+                "logs.subject `{}` is not a valid subject template: dot-separated tokens, with `{{plugin}}` and `{{level}}` as placeholders",
+                logs.subject
+            )
+        })?;
+        if logs.durable && !valid_token(&logs.stream) {
+            bail!("logs.stream `{}` is not a valid stream name", logs.stream);
+        }
+        if let Some(listen) = &self.monitoring.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bail!(
+                "monitoring.listen `{listen}` is not an address: use IP:PORT, e.g. 127.0.0.1:9464"
+            );
+        }
+        if !self
+            .monitoring
+            .service_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            || self.monitoring.service_name.is_empty()
+        {
+            bail!(
+                "monitoring.service_name `{}` may hold only letters, digits, `-` and `_`",
+                self.monitoring.service_name
             );
         }
         for (name, settings) in &self.plugin {

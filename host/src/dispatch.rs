@@ -116,6 +116,14 @@ pub fn run(
         Ok(request) => request,
         Err((request_id, error)) => return Outcome::failure(request_id, error),
     };
+    let _span = tracing::debug_span!(
+        "call",
+        plugin = %plugin.name,
+        %phase,
+        request_id = %request.request_id,
+        trace_id = trace_id.as_deref()
+    )
+    .entered();
     if !plugin.implements(phase) {
         let message = format!(
             "plugin `{}` does not implement phase `{phase}`",
@@ -135,7 +143,11 @@ pub fn run(
                     "plugin `{}` could not be instantiated: {error:#}",
                     plugin.name
                 );
-                return Outcome::failure(request.request_id, RequestError::PluginFailed(message));
+                return Outcome::failure_with_mode(
+                    request.request_id,
+                    RequestError::PluginFailed(message),
+                    plugin.limits.failure_mode(phase),
+                );
             }
         },
     };

@@ -226,7 +226,13 @@ fn worker_loop(scheduler: &Scheduler, context: WorkerContext) {
             }
             Ok(None) => break,
             // Instances of unloaded plugins hold pool slots: release them.
-            Err(()) => warm.retain(|_, slot| slot.plugin.strong_count() > 0),
+            Err(()) => warm.retain(|_, slot| {
+                let keep = slot.plugin.strong_count() > 0;
+                if !keep && slot.instance.is_some() {
+                    context.stats.warm_instances.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            }),
         }
     }
 }
@@ -243,13 +249,18 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
     let trace_id = message
         .headers
         .as_ref()
-        .and_then(|h| h.get("traceparent"))
-        .and_then(|v| trace_id_of(v.as_str()));
+        .and_then(|h| {
+            h.iter()
+                .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case("traceparent"))
+                .and_then(|(_, values)| values.first().map(|v| v.as_str().to_string()))
+        })
+        .and_then(|v| trace_id_of(&v));
     let slot = warm.entry(plugin.name.clone()).or_insert_with(|| WarmSlot {
         plugin: Weak::new(),
         instance: None,
     });
     slot.plugin = Arc::downgrade(&plugin);
+    let was_warm = slot.instance.is_some();
     let mut outcome = dispatch::run(
         &mut slot.instance,
         &plugin,
@@ -258,10 +269,16 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         trace_id,
         &context.settings,
     );
+    let warm_change = i64::from(slot.instance.is_some()) - i64::from(was_warm);
+    if warm_change != 0 {
+        context
+            .stats
+            .warm_instances
+            .fetch_add(warm_change, Ordering::Relaxed);
+    }
     let records = std::mem::take(&mut outcome.records);
     // Count before replying, so a caller that has its reply sees it counted.
-    let failure = outcome.failure_cause().map(|e| e.to_string());
-    endpoint.record(received.elapsed(), failure.as_deref());
+    endpoint.record(received.elapsed(), outcome.failure_cause());
     if outcome.dropped_records > 0 {
         context
             .stats

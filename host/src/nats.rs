@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use tokio::process::{Child, Command};
 
+static RECONNECTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reconnections to NATS made by this process's connections.
+pub fn reconnects() -> u64 {
+    RECONNECTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The address of the embedded default server.
 pub const LOCAL_ADDR: &str = "127.0.0.1:4222";
 
@@ -36,22 +43,34 @@ pub async fn connect(urls: &[String]) -> anyhow::Result<async_nats::Client> {
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing NATS URLs {}", urls.join(", ")))?;
     let shown: Vec<String> = addresses.iter().map(redacted).collect();
+    let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     async_nats::ConnectOptions::new()
         .name(connection_name())
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting")
+        .event_callback(move |event| {
+            let connected_before = connected_before.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    async_nats::Event::Connected => {
+                        // The first `Connected` of a connection is its initial connect.
+                        if connected_before.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("reconnected to NATS");
+                        } else {
+                            tracing::info!("connected to NATS");
+                        }
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(
+                            sid,
+                            "slow consumer: the host is not keeping up and NATS dropped messages"
+                        )
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
                 }
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(
-                        sid,
-                        "slow consumer: the host is not keeping up and NATS dropped messages"
-                    )
-                }
-                other => tracing::info!(event = %other, "NATS connection event"),
             }
         })
         .connect(addresses)

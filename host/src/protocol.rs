@@ -56,17 +56,22 @@ pub struct HttpRequest {
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nil_as_empty")]
     pub headers: HeaderList,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub body: Option<Vec<u8>>,
+}
+
+/// A header list where `nil` stands for an empty one.
+fn nil_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<HeaderList, D::Error> {
+    Ok(Option::<HeaderList>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The upstream HTTP response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpResponse {
     pub status: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nil_as_empty")]
     pub headers: HeaderList,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub body: Option<Vec<u8>>,

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HostConfig, OverloadPolicy};
 use crate::dispatch::{CallSettings, Outcome};
 use crate::executor::{Executor, Job, WorkerContext, publish_outcome};
-use crate::logs::{LogLevel, LogRecord, LogSink, TracingSink};
+use crate::log_publisher::LogPublisher;
+use crate::logs::{LogFilter, LogLevel, LogPipeline, LogRecord, LogSink, NullSink, TracingSink};
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginLoader};
 use crate::protocol::{self, RequestError};
@@ -44,7 +45,7 @@ struct PhaseSubscription {
 }
 
 /// What a host serves for one plugin, for status output.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PluginStatus {
     pub name: String,
     pub version: Option<String>,
@@ -68,11 +69,13 @@ pub enum SyncOutcome {
 }
 
 /// One served phase subject and its counters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EndpointStatus {
     pub phase: Phase,
     pub subject: String,
     pub stats: EndpointSnapshot,
+    /// The endpoint's latency histogram (shared, live).
+    pub latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Everything a subscription task needs.
@@ -95,20 +98,28 @@ pub struct Host {
     plugins: Mutex<BTreeMap<String, ServedPlugin>>,
     stats: Arc<HostStats>,
     sink: Arc<dyn LogSink>,
+    publisher: Option<Arc<LogPublisher>>,
+    started: std::time::SystemTime,
+    id: String,
+    /// Cancels the background tasks (discovery, monitoring) at shutdown.
+    background: CancellationToken,
     /// One lock per plugin name: changes to one plugin apply in order,
     /// changes to different plugins in parallel.
     sync_locks: std::sync::Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Plugins whose file failed to load and is not fixed yet.
+    failed_files: Mutex<BTreeMap<String, String>>,
 }
 
 impl Host {
     /// Build the runtime for `config` on the connection `client`. Serves
     /// nothing until plugins are installed (see [`Host::load_directory`]).
     pub async fn new(config: HostConfig, client: Client) -> anyhow::Result<Host> {
-        Host::with_sink(config, client, Arc::new(TracingSink)).await
+        Host::with_sink(config, client, Arc::new(NullSink)).await
     }
 
-    /// Like [`Host::new`], with plugin log records going to `sink`.
+    /// Like [`Host::new`], with log records also going to `sink` (besides
+    /// the host's own log and NATS).
     pub async fn with_sink(
         config: HostConfig,
         client: Client,
@@ -146,6 +157,22 @@ impl Host {
             );
         }
         let stats = Arc::new(HostStats::default());
+        let publisher = if config.logs.enabled {
+            let publisher = LogPublisher::start(client.clone(), &config.logs, stats.clone())
+                .await
+                .context("starting the log publisher")?;
+            Some(Arc::new(publisher))
+        } else {
+            None
+        };
+        let mut outputs: Vec<Arc<dyn LogSink>> = vec![Arc::new(TracingSink), sink];
+        if let Some(publisher) = &publisher {
+            outputs.push(publisher.clone());
+        }
+        let sink: Arc<dyn LogSink> = Arc::new(LogPipeline::new(
+            LogFilter::new(&config, stats.log_records_rate_limited.clone()),
+            outputs,
+        ));
         let executor = Executor::start(
             runtime.worker_count(),
             WorkerContext {
@@ -172,8 +199,13 @@ impl Host {
             plugins: Mutex::new(BTreeMap::new()),
             stats,
             sink,
+            publisher,
+            started: std::time::SystemTime::now(),
+            id: nuid::next().to_string(),
+            background: CancellationToken::new(),
             sync_locks: std::sync::Mutex::new(BTreeMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            failed_files: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -190,6 +222,47 @@ impl Host {
     /// Host-wide counters.
     pub fn stats(&self) -> &HostStats {
         &self.stats
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &Client {
+        &self.dispatcher.client
+    }
+
+    /// The unique id of this host (its service instance id in discovery).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// When the host started.
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
+    }
+
+    /// Calls queued or running now.
+    pub fn in_flight(&self) -> usize {
+        self.config
+            .runtime
+            .max_in_flight
+            .saturating_sub(self.dispatcher.host_permits.available_permits())
+    }
+
+    /// A token cancelled at shutdown, for tasks that live as long as the host.
+    pub fn background(&self) -> CancellationToken {
+        self.background.clone()
+    }
+
+    /// Why the host is not ready, if it is not: NATS disconnected, or a
+    /// plugin file in the directory that failed to load.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.dispatcher.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("not connected to NATS".into());
+        }
+        let failed = self.failed_files.lock().await;
+        if let Some((name, error)) = failed.iter().next() {
+            return Err(format!("plugin `{name}` failed to load: {error}"));
+        }
+        Ok(())
     }
 
     /// The subject of `phase` of plugin `name`.
@@ -229,6 +302,7 @@ impl Host {
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.failed_files.lock().await.remove(&name);
                 return Ok(if self.remove(&name).await {
                     SyncOutcome::Removed
                 } else {
@@ -254,6 +328,7 @@ impl Host {
         .context("the compile task failed")?;
         match compiled {
             Ok(plugin) => {
+                self.failed_files.lock().await.remove(&name);
                 let replaced = self.install(plugin).await?;
                 Ok(if replaced {
                     SyncOutcome::Reloaded
@@ -270,6 +345,10 @@ impl Host {
                     format!("plugin `{name}` failed to load: {error:#}")
                 };
                 tracing::error!(plugin = %name, file = %path.display(), "{message}");
+                self.failed_files
+                    .lock()
+                    .await
+                    .insert(name.clone(), format!("{error:#}"));
                 self.host_event(&name, LogLevel::Error, message);
                 Err(error)
             }
@@ -313,8 +392,8 @@ impl Host {
         let replaced = plugins.contains_key(&name);
         let served = match plugins.remove(&name) {
             Some(mut served) => {
-                let previous = served.current.swap(plugin.clone());
-                served.reloads += 1;
+                // Phases the new version dropped are drained first, while
+                // the old version still serves what they had received.
                 let gone: Vec<Phase> = served
                     .subscriptions
                     .keys()
@@ -326,6 +405,8 @@ impl Host {
                         stop_subscription(subscription).await;
                     }
                 }
+                let previous = served.current.swap(plugin.clone());
+                served.reloads += 1;
                 self.subscribe_missing(&mut served, &plugin).await?;
                 let message = format!("plugin `{name}` reloaded");
                 tracing::info!(
@@ -449,6 +530,7 @@ impl Host {
                             phase: *phase,
                             subject: s.subject.clone(),
                             stats: s.stats.snapshot(),
+                            latency: s.stats.latency.clone(),
                         })
                         .collect(),
                 }
@@ -480,6 +562,10 @@ impl Host {
         tokio::task::spawn_blocking(move || executor.shutdown())
             .await
             .context("waiting for the workers")?;
+        self.background.cancel();
+        if let Some(publisher) = &self.publisher {
+            publisher.close().await;
+        }
         self.dispatcher
             .client
             .flush()
@@ -577,27 +663,29 @@ impl Dispatcher {
         }
         // The plugin's permit first: a plugin at its cap must not hold a
         // host-wide slot while it waits. Both are held until the reply is sent.
-        let acquired = match self.acquire(permits).await {
-            Some(plugin_permit) => self
-                .acquire(&self.host_permits)
-                .await
-                .map(|host_permit| vec![plugin_permit, host_permit]),
-            None => None,
+        let permits = match self.acquire(permits).await {
+            None => Err("plugin `{}` is at its concurrency limit; try again later"),
+            Some(plugin_permit) => match self.acquire(&self.host_permits).await {
+                None => Err(
+                    "the host is at its concurrency limit (serving plugin `{}`); try again later",
+                ),
+                Some(host_permit) => Ok(vec![plugin_permit, host_permit]),
+            },
         };
-        let Some(permits) = acquired else {
-            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-            let current = plugin.load();
-            let error = RequestError::Overloaded(format!(
-                "plugin `{}` is at its concurrency limit; try again later",
-                current.name
-            ));
-            let outcome = Outcome::failure_with_mode(
-                protocol::peek_request_id(&message.payload),
-                error,
-                current.limits.failure_mode(phase),
-            );
-            self.reply(reply_to, outcome, stats, received).await;
-            return;
+        let permits = match permits {
+            Ok(permits) => permits,
+            Err(template) => {
+                self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                let current = plugin.load();
+                let error = RequestError::Overloaded(template.replace("{}", &current.name));
+                let outcome = Outcome::failure_with_mode(
+                    protocol::peek_request_id(&message.payload),
+                    error,
+                    current.limits.failure_mode(phase),
+                );
+                self.reply(reply_to, outcome, stats, received).await;
+                return;
+            }
         };
         self.executor.submit(Job {
             plugin: plugin.load_full(),
@@ -629,7 +717,8 @@ impl Dispatcher {
         stats: &EndpointStats,
         received: Instant,
     ) {
-        let failure = outcome.failure_cause().map(|e| e.to_string());
+        // Count before replying, so a caller that has its reply sees it counted.
+        stats.record(received.elapsed(), outcome.failure_cause());
         publish_outcome(
             &self.client,
             reply_to,
@@ -638,6 +727,5 @@ impl Dispatcher {
             &self.stats,
         )
         .await;
-        stats.record(received.elapsed(), failure.as_deref());
     }
 }

@@ -1,17 +1,41 @@
 //! Counters kept by the host: per phase endpoint (for `$SRV.STATS` and
 //! metrics) and host-wide (messages dropped before reaching a plugin).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::protocol::RequestError;
+
+/// The error codes counted separately.
+pub const ERROR_CODES: [u16; 5] = [400, 413, 500, 503, 504];
+
 /// Counters of one `{prefix}.{plugin}.{phase}` endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    errors_by_code: [AtomicU64; ERROR_CODES.len()],
     processing_nanos: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Time from receipt to reply, in seconds.
+    pub latency: Histogram,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        EndpointStats {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            errors_by_code: Default::default(),
+            processing_nanos: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            // 25 µs to about 3.3 s.
+            latency: Histogram::new(exponential_buckets(0.000_025, 2.0, 18)),
+        }
+    }
 }
 
 /// A consistent copy of [`EndpointStats`].
@@ -21,17 +45,23 @@ pub struct EndpointSnapshot {
     pub errors: u64,
     pub processing_time: Duration,
     pub last_error: Option<String>,
+    /// Errors per code of [`ERROR_CODES`].
+    pub errors_by_code: [u64; ERROR_CODES.len()],
 }
 
 impl EndpointStats {
     /// Count one answered request that took `elapsed`; `error` when it
-    /// was answered with an error reply.
-    pub fn record(&self, elapsed: Duration, error: Option<&str>) {
+    /// failed (answered with an error reply, or failing open).
+    pub fn record(&self, elapsed: Duration, error: Option<&RequestError>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.processing_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.latency.observe(elapsed.as_secs_f64());
         if let Some(error) = error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(index) = ERROR_CODES.iter().position(|c| *c == error.code()) {
+                self.errors_by_code[index].fetch_add(1, Ordering::Relaxed);
+            }
             if let Ok(mut last) = self.last_error.lock() {
                 *last = Some(error.to_string());
             }
@@ -45,6 +75,7 @@ impl EndpointStats {
             errors: self.errors.load(Ordering::Relaxed),
             processing_time: Duration::from_nanos(self.processing_nanos.load(Ordering::Relaxed)),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+            errors_by_code: std::array::from_fn(|i| self.errors_by_code[i].load(Ordering::Relaxed)),
         }
     }
 }
@@ -62,4 +93,14 @@ pub struct HostStats {
     pub overloaded: AtomicU64,
     /// Plugin failures answered with `"next"` under an open failure mode.
     pub failed_open: AtomicU64,
+    /// Log records published (acknowledged, in durable mode).
+    pub log_records_sent: AtomicU64,
+    /// Log records dropped because the publish buffer was full.
+    pub log_records_dropped: AtomicU64,
+    /// Log records over a plugin's rate limit.
+    pub log_records_rate_limited: Arc<AtomicU64>,
+    /// Failed publishes of log records (retried in durable mode).
+    pub log_publish_failures: AtomicU64,
+    /// Warm plugin instances kept by the workers.
+    pub warm_instances: std::sync::atomic::AtomicI64,
 }

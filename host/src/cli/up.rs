@@ -49,6 +49,9 @@ pub struct UpArgs {
     /// Compile every plugin at start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "NATSPLUG_MONITOR")]
+    monitor: Option<String>,
 }
 
 impl UpArgs {
@@ -82,6 +85,9 @@ impl UpArgs {
         if self.no_cache {
             config.cache.enabled = false;
         }
+        if let Some(address) = &self.monitor {
+            config.monitoring.listen = Some(address.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -105,6 +111,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .context("starting the host")?,
     );
     let failures = host.load_directory().await?;
+    if host.config().monitoring.discovery {
+        crate::discovery::serve(host.clone()).await?;
+    }
+    if let Some(address) = &host.config().monitoring.listen {
+        let address = address.parse().context("monitoring.listen")?;
+        crate::monitor::serve(host.clone(), address).await?;
+    }
     let watcher = if host.config().plugins.watch {
         let debounce = Duration::from_millis(host.config().plugins.debounce_ms);
         Some(DirectoryWatcher::start(host.clone(), debounce)?)
