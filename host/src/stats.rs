@@ -62,4 +62,15 @@ pub struct HostStats {
     pub overloaded: AtomicU64,
     /// Plugin failures answered with `"next"` under an open failure mode.
     pub failed_open: AtomicU64,
+    /// Messages the NATS client dropped because a subscription's buffer
+    /// was full (slow consumer events; a lower bound under a flood).
+    pub slow_consumers: AtomicU64,
+    /// Times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// Times it was re-established after a loss.
+    pub reconnects: AtomicU64,
+    /// How long the last loss lasted, disconnect to reconnect, in ms.
+    pub last_recovery_ms: AtomicU64,
+    /// Publishes or subscriptions the server refused (permissions violation).
+    pub permission_violations: AtomicU64,
 }
