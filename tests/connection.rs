@@ -51,7 +51,11 @@ async fn try_host(url: &str, configure: impl FnOnce(&mut HostConfig)) -> anyhow:
 async fn start_error(url: &str, configure: impl FnOnce(&mut HostConfig)) -> String {
     match try_host(url, configure).await {
         Ok(_) => panic!("the host started, but it should have failed"),
-        Err(error) => format!("{error:#}"),
+        Err(error) => {
+            let message = format!("{error:#}");
+            eprintln!("start-up error: {message}");
+            message
+        }
     }
 }
 
@@ -102,7 +106,7 @@ async fn user_and_password_log_in_and_a_wrong_password_fails_clearly() {
 
     let error = start_error(&server.url(), |_| {}).await;
     assert!(
-        error.contains("for no credentials. Check the server requires credentials"),
+        error.contains("refused the login (authorization violation): the server requires credentials and none are configured"),
         "{error}"
     );
 
@@ -622,6 +626,10 @@ async fn a_cluster_node_killed_under_load_loses_no_request_and_answers_none_twic
         }
         client.flush().await.unwrap();
     }
+    eprintln!(
+        "killed n{} under load; {attempt} round(s) of resends were needed",
+        victim_index + 1
+    );
     // Late replies would show up now.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let replies = ledger.replies();

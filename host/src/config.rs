@@ -837,4 +837,106 @@ mod tests {
         assert!(validate_plugin_name("bad name").is_err());
         assert!(validate_plugin_name("auth-v2").is_ok());
     }
+
+    #[test]
+    fn nats_connection_keys_parse_and_default() {
+        let config = HostConfig::from_toml(
+            r#"
+            [nats]
+            urls = ["tls://a:4222", "tls://b:4222"]
+            creds_file = "/etc/natsplug/host.creds"
+            tls_ca_file = "/etc/natsplug/ca.pem"
+            tls_required = true
+            max_reconnects = 60
+            reconnect_wait_ms = 250
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.nats.auth().unwrap(),
+            NatsAuth::CredsFile("/etc/natsplug/host.creds".into())
+        );
+        assert_eq!(config.nats.max_reconnects, 60);
+        assert_eq!(config.nats.reconnect_max_wait_ms, 5000);
+        assert_eq!(config.nats.drain_timeout_ms, 30_000);
+        assert_eq!(HostConfig::default().nats.max_reconnects, 0, "forever");
+    }
+
+    #[test]
+    fn credentials_come_from_one_place() {
+        let mut nats = NatsConfig {
+            urls: vec!["nats://host:p%40ss@a:4222".into()],
+            ..NatsConfig::default()
+        };
+        assert_eq!(
+            nats.auth().unwrap(),
+            NatsAuth::UserPassword {
+                user: "host".into(),
+                password: Secret::new("p@ss"),
+                from_url: true
+            }
+        );
+        nats.urls = vec!["nats://s3cret@a:4222".into()];
+        assert_eq!(
+            nats.auth().unwrap(),
+            NatsAuth::Token {
+                token: Secret::new("s3cret"),
+                from_url: true
+            }
+        );
+        nats.token = Some(Secret::new("other"));
+        let error = nats.auth().unwrap_err().to_string();
+        assert!(
+            error.contains("more than one NATS authentication method is configured (nats.token, credentials in nats.urls)"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret") && !error.contains("other"));
+
+        let nats = NatsConfig {
+            password: Some(Secret::new("x")),
+            ..NatsConfig::default()
+        };
+        assert!(
+            nats.auth()
+                .unwrap_err()
+                .to_string()
+                .contains("without nats.user")
+        );
+
+        let mut config = HostConfig::default();
+        config.nats.tls_cert_file = Some("cert.pem".into());
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("nats.tls_cert_file is set without nats.tls_key_file")
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_urls_are_redacted() {
+        let config = HostConfig::from_toml(
+            "[nats]\nuser = \"host\"\npassword = \"hunter2\"\ntoken = \"tok3n\"\n",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
+        );
+        assert_eq!(config.nats.password.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(
+            redact_url("nats://user:hunter2@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(redact_url("tok3n@host:4222"), "host:4222");
+        assert_eq!(redact_url("nats://a:4222"), "nats://a:4222");
+        let mut config = HostConfig::default();
+        config.nats.urls = vec!["nats://user:hunter2@bad host:4222".into()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("is not a valid NATS URL"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
 }

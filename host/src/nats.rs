@@ -232,11 +232,23 @@ fn explain_connect_error(
     match error.kind() {
         ConnectErrorKind::AuthorizationViolation => {
             let check = match auth {
-                NatsAuth::None => "the server requires credentials: set nats.user and nats.password, nats.token, nats.nkey_seed_file or nats.creds_file (or put them in the URL)".to_string(),
-                NatsAuth::UserPassword { .. } => "that the user name and password are right and that the server's authorization config lists this user".to_string(),
-                NatsAuth::Token { .. } => "that the token is the one the server's authorization config expects".to_string(),
-                NatsAuth::NkeySeedFile(_) => "that the server's authorization config lists the public key of this seed (`nk -inkey FILE -pubout`)".to_string(),
-                NatsAuth::CredsFile(_) => "that the server trusts the account that signed this user (operator mode, with a resolver that knows the account), and that the user JWT has not expired or been revoked".to_string(),
+                NatsAuth::None => {
+                    return anyhow!(
+                        "NATS at {shown} refused the login (authorization violation): the server requires credentials and none are configured. Set nats.user and nats.password, nats.token, nats.nkey_seed_file or nats.creds_file (or put them in the URL)"
+                    );
+                }
+                NatsAuth::UserPassword { .. } => {
+                    "that the user name and password are right and that the server's authorization config lists this user"
+                }
+                NatsAuth::Token { .. } => {
+                    "that the token is the one the server's authorization config expects"
+                }
+                NatsAuth::NkeySeedFile(_) => {
+                    "that the server's authorization config lists the public key of this seed (`nk -inkey FILE -pubout`)"
+                }
+                NatsAuth::CredsFile(_) => {
+                    "that the server trusts the account that signed this user (operator mode, with a resolver that knows the account), and that the user JWT has not expired or been revoked"
+                }
             };
             anyhow!(
                 "NATS at {shown} refused the login (authorization violation) for {}. Check {check}",
@@ -340,7 +352,7 @@ fn explain_tls(error: &async_nats::rustls::Error, shown: &str, config: &NatsConf
         }
         _ => format!("check {ca} and the server's TLS settings"),
     };
-    format!("TLS with NATS at {shown} failed: {error}. {advice}")
+    format!("TLS with NATS at {shown} failed ({error}): {advice}")
 }
 
 /// A permission the server refused to this host's user.
@@ -713,4 +725,46 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_back_off_with_jitter_up_to_the_cap() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_millis(5000);
+        assert_eq!(reconnect_delay(1, base, max), Duration::ZERO);
+        for _ in 0..100 {
+            let second = reconnect_delay(2, base, max);
+            assert!((base / 2..=base).contains(&second), "{second:?}");
+            let fourth = reconnect_delay(4, base, max);
+            assert!((base * 2..=base * 4).contains(&fourth), "{fourth:?}");
+            let late = reconnect_delay(1000, base, max);
+            assert!((max / 2..=max).contains(&late), "{late:?}");
+        }
+        let spread: std::collections::BTreeSet<_> =
+            (0..20).map(|_| reconnect_delay(8, base, max)).collect();
+        assert!(spread.len() > 1, "the waits are jittered");
+    }
+
+    #[test]
+    fn permission_violations_name_the_subject() {
+        let violation = PermissionViolation::parse(
+            r#"Permissions Violation for Subscription to "nylon.plugin.authz.request_filter" using queue "natsplug""#,
+        )
+        .unwrap();
+        assert_eq!(violation.operation, PermissionOperation::Subscribe);
+        assert_eq!(violation.subject, "nylon.plugin.authz.request_filter");
+        assert!(violation.to_string().starts_with(
+            "NATS refused to let this host subscribe to `nylon.plugin.authz.request_filter`"
+        ));
+        let violation =
+            PermissionViolation::parse(r#"Permissions Violation for Publish to "_INBOX.abc.1""#)
+                .unwrap();
+        assert_eq!(violation.operation, PermissionOperation::Publish);
+        assert_eq!(violation.subject, "_INBOX.abc.1");
+        assert!(PermissionViolation::parse("Maximum Payload Violation").is_none());
+    }
 }

@@ -52,7 +52,7 @@ pub struct UpArgs {
     #[arg(long)]
     no_cache: bool,
     #[command(flatten)]
-    nats: NatsArgs,
+    nats: Box<NatsArgs>,
 }
 
 /// NATS credentials, TLS and reconnect flags. Any credential flag replaces
