@@ -691,6 +691,83 @@ fn sigkill_of_one_of_two_hosts_leaves_the_other_serving_all_requests() {
 }
 
 #[tokio::test]
+async fn shutdown_with_nats_gone_gives_up_after_the_drain_timeout() {
+    let mut server = NatsServer::start();
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |c| c.nats.drain_timeout_ms = 1000,
+    )
+    .await;
+    assert_serves(&server.connect().await).await;
+    server.kill();
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), host.host.shutdown())
+        .await
+        .expect("the shutdown is bounded")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        error.starts_with("gave up draining after 1000 ms (nats.drain_timeout_ms)")
+            && error.contains(SUBJECT),
+        "{error}"
+    );
+}
+
+#[test]
+fn up_exits_with_the_reason_when_it_gives_up_reconnecting() {
+    let mut server = NatsServer::start();
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let mut child = Command::new(natsplug_binary())
+        .args(["up", "--nats", &server.url(), "--nats-max-reconnects", "3"])
+        .args(["--nats-reconnect-wait-ms", "50"])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a ready line").unwrap();
+    assert!(ready.starts_with("natsplug ready:"), "{ready}");
+
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "up did not give up; its log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        stderr.contains("disconnected from NATS; reconnecting up to 3 attempts")
+            && stderr.contains(
+                "error: lost the connection to NATS: gave up after 3 reconnect attempts (nats.max_reconnects"
+            ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_counted_and_logged_not_silently_dropped() {
     let server = NatsServer::start();
     let host = TestHost::start(&server.url(), &[("misbehave", guests::MISBEHAVE)], |c| {

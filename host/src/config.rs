@@ -129,6 +129,14 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(value.to_string()))
+    }
+}
+
 impl From<&str> for Secret {
     fn from(value: &str) -> Secret {
         Secret(value.to_string())

@@ -66,10 +66,10 @@ struct NatsArgs {
     nats_user: Option<String>,
     /// Password for user/password authentication.
     #[arg(long, env = "NATSPLUG_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
+    nats_password: Option<Secret>,
     /// Token authentication.
     #[arg(long, env = "NATSPLUG_NATS_TOKEN", hide_env_values = true)]
-    nats_token: Option<String>,
+    nats_token: Option<Secret>,
     /// File holding an NKey user seed.
     #[arg(long, env = "NATSPLUG_NATS_NKEY_FILE")]
     nats_nkey_file: Option<PathBuf>,
@@ -114,8 +114,8 @@ impl NatsArgs {
             || self.nats_creds.is_some();
         if credentials_given {
             nats.user = self.nats_user.clone();
-            nats.password = self.nats_password.as_deref().map(Secret::from);
-            nats.token = self.nats_token.as_deref().map(Secret::from);
+            nats.password = self.nats_password.clone();
+            nats.token = self.nats_token.clone();
             nats.nkey_seed_file = self.nats_nkey_file.clone();
             nats.creds_file = self.nats_creds.clone();
         }
