@@ -149,7 +149,17 @@ pub async fn render(host: &Host) -> String {
             (
                 "natsplug_nats_reconnects",
                 "Reconnections to NATS",
-                crate::nats::reconnects(),
+                load(&stats.reconnects),
+            ),
+            (
+                "natsplug_slow_consumer_drops",
+                "Messages NATS dropped because the host fell behind (slow consumer)",
+                load(&stats.slow_consumers),
+            ),
+            (
+                "natsplug_permission_violations",
+                "Publishes or subscriptions the server refused",
+                load(&stats.permission_violations),
             ),
             (
                 "natsplug_messages_without_reply",

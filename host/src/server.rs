@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
@@ -21,6 +21,7 @@ use crate::dispatch::{CallSettings, Outcome};
 use crate::executor::{Executor, Job, WorkerContext, publish_outcome};
 use crate::log_publisher::LogPublisher;
 use crate::logs::{LogFilter, LogLevel, LogPipeline, LogRecord, LogSink, NullSink, TracingSink};
+use crate::nats::{ConnectionMonitor, NatsConnection};
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginLoader};
 use crate::protocol::{self, RequestError};
@@ -109,6 +110,8 @@ pub struct Host {
     closed: std::sync::atomic::AtomicBool,
     /// Plugins whose file failed to load and is not fixed yet.
     failed_files: Mutex<BTreeMap<String, String>>,
+    /// Watches the connection; confirms subscriptions.
+    monitor: Arc<ConnectionMonitor>,
 }
 
 impl Host {
@@ -125,6 +128,22 @@ impl Host {
         client: Client,
         sink: Arc<dyn LogSink>,
     ) -> anyhow::Result<Host> {
+        let connection = NatsConnection {
+            client,
+            monitor: ConnectionMonitor::detached(),
+        };
+        Host::with_connection(config, connection, sink).await
+    }
+
+    /// Build the runtime on a connection made by
+    /// [`crate::nats::connect_with`]: connection events (reconnects, slow
+    /// consumers, permission violations) count in the host's stats.
+    pub async fn with_connection(
+        config: HostConfig,
+        connection: NatsConnection,
+        sink: Arc<dyn LogSink>,
+    ) -> anyhow::Result<Host> {
+        let NatsConnection { client, monitor } = connection;
         config.validate()?;
         let runtime = &config.runtime;
         let engine = crate::engine::build_engine(runtime)?;
@@ -156,7 +175,7 @@ impl Host {
                 "runtime.max_request_bytes is above the NATS server's max_payload; the server rejects larger messages first"
             );
         }
-        let stats = Arc::new(HostStats::default());
+        let stats = monitor.stats();
         let publisher = if config.logs.enabled {
             let publisher = LogPublisher::start(client.clone(), &config.logs, stats.clone())
                 .await
@@ -206,6 +225,7 @@ impl Host {
             sync_locks: std::sync::Mutex::new(BTreeMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             failed_files: Mutex::new(BTreeMap::new()),
+            monitor,
         })
     }
 
@@ -224,7 +244,7 @@ impl Host {
         &self.stats
     }
 
-    /// The NATS connection.
+    /// The NATS connection the host serves on.
     pub fn client(&self) -> &Client {
         &self.dispatcher.client
     }
@@ -263,6 +283,11 @@ impl Host {
             return Err(format!("plugin `{name}` failed to load: {error}"));
         }
         Ok(())
+    }
+
+    /// What watches the NATS connection.
+    pub fn monitor(&self) -> &Arc<ConnectionMonitor> {
+        &self.monitor
     }
 
     /// The subject of `phase` of plugin `name`.
@@ -407,7 +432,11 @@ impl Host {
                 }
                 let previous = served.current.swap(plugin.clone());
                 served.reloads += 1;
-                self.subscribe_missing(&mut served, &plugin).await?;
+                if let Err(error) = self.subscribe_missing(&mut served, &plugin).await {
+                    // The phases served before go on serving.
+                    plugins.insert(name, served);
+                    return Err(error);
+                }
                 let message = format!("plugin `{name}` reloaded");
                 tracing::info!(
                     plugin = %name,
@@ -454,10 +483,53 @@ impl Host {
         Ok(replaced)
     }
 
+    /// Subscribe to the phases of `plugin` that `served` lacks, and wait
+    /// for the server to accept them: a subject the server refuses fails
+    /// with a [`crate::nats::PermissionViolation`] naming it, and none of
+    /// the new subscriptions is kept.
     async fn subscribe_missing(
         &self,
         served: &mut ServedPlugin,
         plugin: &LoadedPlugin,
+    ) -> anyhow::Result<()> {
+        let errors = self.monitor.server_errors();
+        let mut added = Vec::new();
+        let subscribed = self.subscribe_phases(served, plugin, &mut added).await;
+        let result = match subscribed {
+            Ok(()) if added.is_empty() => Ok(()),
+            Ok(()) => self
+                .monitor
+                .confirm_subscriptions(
+                    &self.dispatcher.client,
+                    &added,
+                    errors,
+                    Duration::from_millis(self.config.nats.permission_check_ms),
+                )
+                .await
+                .map_err(anyhow::Error::new),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            let new: Vec<Phase> = served
+                .subscriptions
+                .iter()
+                .filter(|(_, s)| added.contains(&s.subject))
+                .map(|(phase, _)| *phase)
+                .collect();
+            for phase in new {
+                if let Some(subscription) = served.subscriptions.remove(&phase) {
+                    stop_subscription(subscription).await;
+                }
+            }
+        }
+        result
+    }
+
+    async fn subscribe_phases(
+        &self,
+        served: &mut ServedPlugin,
+        plugin: &LoadedPlugin,
+        added: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         for &phase in &plugin.phases {
             if served.subscriptions.contains_key(&phase) {
@@ -470,6 +542,7 @@ impl Host {
                 .queue_subscribe(subject.clone(), self.config.subjects.queue_group.clone())
                 .await
                 .with_context(|| format!("subscribing to {subject}"))?;
+            added.push(subject.clone());
             let stats = Arc::new(EndpointStats::default());
             let stop = CancellationToken::new();
             let task = tokio::spawn(serve_subscription(
@@ -549,30 +622,80 @@ impl Host {
 
     /// Stop taking requests, answer every request already received, then
     /// flush the connection. The host serves nothing afterwards.
+    ///
+    /// The drain is bounded by `nats.drain_timeout_ms`: with NATS out of
+    /// reach, the host gives up waiting for it after that long, says so,
+    /// and returns an error.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         let started = Instant::now();
+        let limit = Duration::from_millis(self.config.nats.drain_timeout_ms);
+        let deadline = tokio::time::Instant::now() + limit;
         self.closed.store(true, Ordering::Release);
         let plugins = std::mem::take(&mut *self.plugins.lock().await);
-        for served in plugins.into_values() {
-            for subscription in served.subscriptions.into_values() {
-                stop_subscription(subscription).await;
+        let subscriptions: Vec<PhaseSubscription> = plugins
+            .into_values()
+            .flat_map(|served| served.subscriptions.into_values())
+            .collect();
+        // Stop them all at once; they drain side by side.
+        for subscription in &subscriptions {
+            subscription.stop.cancel();
+        }
+        let mut abandoned = Vec::new();
+        for mut subscription in subscriptions {
+            match tokio::time::timeout_at(deadline, &mut subscription.task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(subject = %subscription.subject, %error, "subscription task failed")
+                }
+                Err(_) => {
+                    subscription.task.abort();
+                    abandoned.push(subscription.subject);
+                }
             }
         }
         let executor = self.dispatcher.executor.clone();
-        tokio::task::spawn_blocking(move || executor.shutdown())
-            .await
-            .context("waiting for the workers")?;
-        self.background.cancel();
-        if let Some(publisher) = &self.publisher {
-            publisher.close().await;
+        let workers = tokio::task::spawn_blocking(move || executor.shutdown());
+        let workers_done = tokio::time::timeout_at(deadline, workers).await;
+        let flushed = match workers_done {
+            Ok(joined) => {
+                joined.context("waiting for the workers")?;
+                self.background.cancel();
+                if let Some(publisher) = &self.publisher {
+                    // Log records of the last calls go out before the connection closes.
+                    let _ = tokio::time::timeout_at(deadline, publisher.close()).await;
+                }
+                tokio::time::timeout_at(deadline, self.dispatcher.client.flush())
+                    .await
+                    .ok()
+                    .map(|result| result.context("flushing the last replies to NATS"))
+            }
+            Err(_) => None,
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match flushed {
+            Some(Ok(())) if abandoned.is_empty() => {
+                tracing::info!(elapsed_ms, "drained");
+                Ok(())
+            }
+            Some(Err(error)) => Err(error),
+            _ => {
+                let message = format!(
+                    "gave up draining after {} ms (nats.drain_timeout_ms): {}",
+                    limit.as_millis(),
+                    if abandoned.is_empty() {
+                        "the last replies could not be flushed to NATS".to_string()
+                    } else {
+                        format!(
+                            "{} subscription(s) did not drain ({}); is NATS reachable?",
+                            abandoned.len(),
+                            abandoned.join(", ")
+                        )
+                    }
+                );
+                tracing::error!(elapsed_ms, "{message}");
+                bail!(message)
+            }
         }
-        self.dispatcher
-            .client
-            .flush()
-            .await
-            .context("flushing the last replies to NATS")?;
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
-        Ok(())
     }
 }
 

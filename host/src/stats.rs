@@ -103,4 +103,15 @@ pub struct HostStats {
     pub log_publish_failures: AtomicU64,
     /// Warm plugin instances kept by the workers.
     pub warm_instances: std::sync::atomic::AtomicI64,
+    /// Messages the NATS client dropped because a subscription's buffer
+    /// was full (slow consumer events; a lower bound under a flood).
+    pub slow_consumers: AtomicU64,
+    /// Times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// Times it was re-established after a loss.
+    pub reconnects: AtomicU64,
+    /// How long the last loss lasted, disconnect to reconnect, in ms.
+    pub last_recovery_ms: AtomicU64,
+    /// Publishes or subscriptions the server refused (permissions violation).
+    pub permission_violations: AtomicU64,
 }

@@ -53,6 +53,19 @@ impl TestHost {
         plugins: &[(&str, &str)],
         configure: impl FnOnce(&mut HostConfig),
     ) -> TestHost {
+        TestHost::try_start(nats_url, plugins, configure)
+            .await
+            .unwrap_or_else(|error| panic!("starting the host: {error:#}"))
+    }
+
+    /// Like [`TestHost::start`], returning what went wrong instead of
+    /// panicking: connecting (with the configured credentials and TLS),
+    /// building the host, or any plugin failing to load.
+    pub async fn try_start(
+        nats_url: &str,
+        plugins: &[(&str, &str)],
+        configure: impl FnOnce(&mut HostConfig),
+    ) -> anyhow::Result<TestHost> {
         let dir = tempfile::tempdir().expect("a plugins dir");
         for (name, path) in plugins {
             install_file(dir.path(), name, path);
@@ -62,20 +75,20 @@ impl TestHost {
         config.plugins.dir = dir.path().to_path_buf();
         config.cache.dir = Some(shared_cache_dir());
         configure(&mut config);
-        let client = natsplug::nats::connect(&config.nats_urls())
-            .await
-            .expect("connecting the host");
+        let mut nats = config.nats.clone();
+        nats.urls = config.nats_urls();
+        let connection = natsplug::nats::connect_with(&nats).await?;
         let records = Arc::new(CollectSink::default());
-        let host = Host::with_sink(config, client, records.clone())
-            .await
-            .expect("starting the host");
-        let failures = host.load_directory().await.expect("loading plugins");
-        assert!(failures.is_empty(), "plugins failed to load: {failures:?}");
-        TestHost {
+        let host = Host::with_connection(config, connection, records.clone()).await?;
+        let mut failures = host.load_directory().await?;
+        if let Some((path, error)) = failures.pop() {
+            return Err(error.context(format!("loading {}", path.display())));
+        }
+        Ok(TestHost {
             host: Arc::new(host),
             dir,
             records,
-        }
+        })
     }
 
     /// The records emitted at `level`.

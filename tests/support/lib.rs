@@ -8,7 +8,7 @@ pub mod nats_server;
 
 pub use client::PhaseClient;
 pub use host::TestHost;
-pub use nats_server::NatsServer;
+pub use nats_server::{NatsCluster, NatsServer};
 
 /// Paths of the guest components built by the build script.
 pub mod guests {

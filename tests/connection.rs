@@ -1,0 +1,1171 @@
+//! The NATS connection against real `nats-server` processes: logins (user
+//! and password, token, NKey, JWT creds), TLS and mutual TLS, subject
+//! permissions, a server restart, a node of a cluster killed under load, and
+//! a host killed in a queue group.
+//!
+//! Every key, certificate and JWT is generated here, into temp dirs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use natsplug::HostConfig;
+use natsplug::config::Secret;
+use natsplug::nats::PermissionViolation;
+use natsplug::protocol::{self, Action, PhaseReply};
+use natsplug_suite::client::request;
+use natsplug_suite::host::install_file;
+use natsplug_suite::{NatsCluster, NatsServer, PhaseClient, TestHost, guests, natsplug_binary};
+
+const SUBJECT: &str = "nylon.plugin.header-injector.request_filter";
+
+/// Send one request on `client` and expect the header injector's answer.
+async fn assert_serves(client: &async_nats::Client) {
+    let reply = PhaseClient::new(client.clone())
+        .send(
+            "header-injector",
+            &request("request_filter", "probe", "GET", "/"),
+        )
+        .await;
+    assert_eq!(reply.action, Action::Next);
+}
+
+/// A host serving the header injector on `url`, configured by `configure`.
+async fn try_host(url: &str, configure: impl FnOnce(&mut HostConfig)) -> anyhow::Result<TestHost> {
+    TestHost::try_start(
+        url,
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        configure,
+    )
+    .await
+}
+
+/// The message of a start-up that must fail.
+async fn start_error(url: &str, configure: impl FnOnce(&mut HostConfig)) -> String {
+    match try_host(url, configure).await {
+        Ok(_) => panic!("the host started, but it should have failed"),
+        Err(error) => {
+            let message = format!("{error:#}");
+            eprintln!("start-up error: {message}");
+            message
+        }
+    }
+}
+
+// ---------------------------------------------------------------- logins
+
+#[tokio::test]
+async fn user_and_password_log_in_and_a_wrong_password_fails_clearly() {
+    let server = NatsServer::start_with_config(
+        "authorization {\n  users = [ { user: host, password: \"h0st-secret\" } ]\n}\n",
+    );
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("host".into(), "h0st-secret".into())
+            .connect(server.url())
+            .await
+            .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.user = Some("host".into());
+        c.nats.password = Some(Secret::new("h0st-secret"));
+    })
+    .await
+    .expect("the right password logs in");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    // Credentials in the URL work the same.
+    let url = format!("nats://host:h0st-secret@127.0.0.1:{}", server.port());
+    let host = try_host(&url, |_| {})
+        .await
+        .expect("URL credentials log in");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.user = Some("host".into());
+        c.nats.password = Some(Secret::new("wrong-pass"));
+    })
+    .await;
+    assert!(
+        error.contains("refused the login (authorization violation) for user `host` with the password of nats.password")
+            && error.contains("Check that the user name and password are right"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("wrong-pass"),
+        "the password leaked: {error}"
+    );
+
+    let error = start_error(&server.url(), |_| {}).await;
+    assert!(
+        error.contains("refused the login (authorization violation): the server requires credentials and none are configured"),
+        "{error}"
+    );
+
+    let url = format!("nats://host:wrong-pass@127.0.0.1:{}", server.port());
+    let error = start_error(&url, |_| {}).await;
+    assert!(
+        error.contains("for user `host` with the password from the URL"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("wrong-pass"),
+        "the password leaked: {error}"
+    );
+}
+
+#[test]
+fn up_with_a_wrong_password_from_the_environment_exits_with_the_reason() {
+    let server = NatsServer::start_with_config(
+        "authorization {\n  users = [ { user: host, password: \"h0st-secret\" } ]\n}\n",
+    );
+    let plugins = tempfile::tempdir().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let started = Instant::now();
+    let output = run_bounded(
+        Command::new(natsplug_binary())
+            .args(["up", "--nats", &server.url(), "--nats-user", "host"])
+            .arg("--plugins")
+            .arg(plugins.path())
+            .env("NATSPLUG_NATS_PASSWORD", "wrong-pass"),
+    );
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a refused login must fail at once, not retry"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: NATS at nats://127.0.0.1:")
+            && stderr.contains("refused the login (authorization violation) for user `host`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-pass"),
+        "the password leaked: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn token_logs_in_and_a_wrong_token_fails_clearly() {
+    let server =
+        NatsServer::start_with_config("authorization {\n  token: \"t0ken-of-the-host\"\n}\n");
+    let client = async_nats::ConnectOptions::with_token("t0ken-of-the-host".into())
+        .connect(server.url())
+        .await
+        .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.token = Some(Secret::new("t0ken-of-the-host"));
+    })
+    .await
+    .expect("the right token logs in");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    let url = format!("nats://t0ken-of-the-host@127.0.0.1:{}", server.port());
+    let host = try_host(&url, |_| {}).await.expect("a URL token logs in");
+    host.host.shutdown().await.unwrap();
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.token = Some(Secret::new("not-the-token"));
+    })
+    .await;
+    assert!(
+        error.contains("refused the login (authorization violation) for the token of nats.token")
+            && error.contains(
+                "Check that the token is the one the server's authorization config expects"
+            ),
+        "{error}"
+    );
+    assert!(
+        !error.contains("not-the-token"),
+        "the token leaked: {error}"
+    );
+}
+
+#[tokio::test]
+async fn nkey_logs_in_and_an_unknown_key_fails_clearly() {
+    let user = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{\n  users = [ {{ nkey: {} }} ]\n}}\n",
+        user.public_key()
+    ));
+    let keys = tempfile::tempdir().unwrap();
+    let seed_file = keys.path().join("host.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let client = async_nats::ConnectOptions::with_nkey(user.seed().unwrap())
+        .connect(server.url())
+        .await
+        .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.nkey_seed_file = Some(seed_file.clone());
+    })
+    .await
+    .expect("the listed key logs in");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    let stranger = keys.path().join("stranger.nk");
+    std::fs::write(&stranger, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    let error = start_error(&server.url(), |c| c.nats.nkey_seed_file = Some(stranger)).await;
+    assert!(
+        error.contains(
+            "refused the login (authorization violation) for the NKey seed of nats.nkey_seed_file"
+        ) && error.contains("lists the public key of this seed"),
+        "{error}"
+    );
+
+    let garbage = keys.path().join("garbage.nk");
+    std::fs::write(&garbage, "not a seed\n").unwrap();
+    let error = start_error(&server.url(), |c| c.nats.nkey_seed_file = Some(garbage)).await;
+    assert!(error.contains("holds no NKey user seed"), "{error}");
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.nkey_seed_file = Some(PathBuf::from("/no/such/seed.nk"))
+    })
+    .await;
+    assert!(
+        error.contains("nats.nkey_seed_file /no/such/seed.nk: cannot read it"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn creds_log_in_in_operator_mode_and_untrusted_creds_fail_clearly() {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = operator_jwt(&operator, &system);
+    let system_jwt = account_jwt(&operator, &system, "SYS");
+    let account_jwt = account_jwt(&operator, &account, "APP");
+    let server = NatsServer::start_with_config(&format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: \"{system_jwt}\"\n  {acc}: \"{account_jwt}\"\n}}\n",
+        sys = system.public_key(),
+        acc = account.public_key(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let creds = creds_file(&user_jwt(&account, &user, "host"), &user);
+    let creds_path = dir.path().join("host.creds");
+    std::fs::write(&creds_path, &creds).unwrap();
+    let client = async_nats::ConnectOptions::with_credentials(&creds)
+        .unwrap()
+        .connect(server.url())
+        .await
+        .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.creds_file = Some(creds_path.clone())
+    })
+    .await
+    .expect("creds of a trusted account log in");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    // A user of an account the server does not know.
+    let rogue = nkeys::KeyPair::new_account();
+    let intruder = nkeys::KeyPair::new_user();
+    let rogue_path = dir.path().join("rogue.creds");
+    std::fs::write(
+        &rogue_path,
+        creds_file(&user_jwt(&rogue, &intruder, "intruder"), &intruder),
+    )
+    .unwrap();
+    let error = start_error(&server.url(), |c| c.nats.creds_file = Some(rogue_path)).await;
+    assert!(
+        error.contains(
+            "refused the login (authorization violation) for the user JWT of nats.creds_file"
+        ) && error.contains("trusts the account that signed this user"),
+        "{error}"
+    );
+
+    let broken = dir.path().join("broken.creds");
+    std::fs::write(&broken, "nothing here\n").unwrap();
+    let error = start_error(&server.url(), |c| c.nats.creds_file = Some(broken)).await;
+    assert!(error.contains("is not a usable .creds file"), "{error}");
+}
+
+// ---------------------------------------------------------------- TLS
+
+#[tokio::test]
+async fn tls_with_the_right_ca_serves_and_a_wrong_ca_fails_clearly() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("natsplug test CA");
+    let other_ca = TestCa::new("some other CA");
+    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
+    let other_ca_file = write(pki.path(), "other-ca.pem", &other_ca.cert_pem());
+    let server = NatsServer::start_with_files(|dir| {
+        let (cert, key) = ca.leaf("nats-server", Purpose::Server);
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            write(dir, "server.pem", &cert).display(),
+            write(dir, "server-key.pem", &key).display()
+        )
+    });
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .connect(server.url())
+        .await
+        .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+        c.nats.tls_required = true;
+    })
+    .await
+    .expect("TLS with the right CA");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(other_ca_file.clone());
+    })
+    .await;
+    assert!(
+        error.contains("TLS with NATS at nats://127.0.0.1:")
+            && error.contains("the server's certificate is not signed by a CA this host trusts")
+            && error.contains(&format!(
+                "it checked against nats.tls_ca_file ({})",
+                other_ca_file.display()
+            )),
+        "{error}"
+    );
+
+    let error = start_error(&server.url(), |_| {}).await;
+    assert!(
+        error.contains(
+            "not signed by a CA this host trusts: it checked against the system's trusted roots"
+        ),
+        "{error}"
+    );
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(PathBuf::from("/no/such/ca.pem"));
+    })
+    .await;
+    assert!(
+        error.contains("nats.tls_ca_file /no/such/ca.pem: cannot read it"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_serves_with_a_client_certificate_and_fails_clearly_without() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("natsplug test CA");
+    let other_ca = TestCa::new("some other CA");
+    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
+    let (cert, key) = ca.leaf("natsplug host", Purpose::Client);
+    let cert_file = write(pki.path(), "host.pem", &cert);
+    let key_file = write(pki.path(), "host-key.pem", &key);
+    let (stray_cert, stray_key) = other_ca.leaf("stray host", Purpose::Client);
+    let stray_cert_file = write(pki.path(), "stray.pem", &stray_cert);
+    let stray_key_file = write(pki.path(), "stray-key.pem", &stray_key);
+    let server = NatsServer::start_with_files(|dir| {
+        let (cert, key) = ca.leaf("nats-server", Purpose::Server);
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+            write(dir, "server.pem", &cert).display(),
+            write(dir, "server-key.pem", &key).display(),
+            ca_file.display()
+        )
+    });
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .add_client_certificate(cert_file.clone(), key_file.clone())
+        .connect(server.url())
+        .await
+        .unwrap();
+
+    let host = try_host(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+        c.nats.tls_cert_file = Some(cert_file.clone());
+        c.nats.tls_key_file = Some(key_file.clone());
+    })
+    .await
+    .expect("mutual TLS with a certificate of the server's CA");
+    assert_serves(&client).await;
+    host.host.shutdown().await.unwrap();
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    assert!(
+        error.contains("TLS with NATS at nats://127.0.0.1:")
+            && error.contains(
+                "the server requires a client certificate (mutual TLS): set nats.tls_cert_file and nats.tls_key_file"
+            ),
+        "{error}"
+    );
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+        c.nats.tls_cert_file = Some(stray_cert_file.clone());
+        c.nats.tls_key_file = Some(stray_key_file.clone());
+    })
+    .await;
+    assert!(
+        error.contains("the server rejected this host's client certificate"),
+        "{error}"
+    );
+}
+
+// ---------------------------------------------------------------- permissions
+
+const RESTRICTED_SERVER: &str = r#"
+authorization {
+  users = [
+    {
+      user: host, password: pw
+      permissions: {
+        subscribe: { allow: ["_INBOX.>", "nylon.plugin.header-injector.>"] }
+        publish: { allow: ["_INBOX.>"] }
+      }
+    }
+    { user: client, password: pw }
+  ]
+}
+"#;
+
+#[tokio::test]
+async fn a_forbidden_phase_subject_fails_start_up_naming_the_subject() {
+    let server = NatsServer::start_with_config(RESTRICTED_SERVER);
+    let login = |c: &mut HostConfig| {
+        c.nats.user = Some("host".into());
+        c.nats.password = Some(Secret::new("pw"));
+    };
+
+    // Allowed subjects are confirmed and served.
+    let host = try_host(&server.url(), login)
+        .await
+        .expect("the allowed subject is served");
+    let client = async_nats::ConnectOptions::with_user_and_password("client".into(), "pw".into())
+        .connect(server.url())
+        .await
+        .unwrap();
+    assert_serves(&client).await;
+    assert_eq!(
+        host.host
+            .stats()
+            .permission_violations
+            .load(Ordering::Relaxed),
+        0
+    );
+    host.host.shutdown().await.unwrap();
+
+    // The authz plugin's subject is not.
+    let started = Instant::now();
+    let error = TestHost::try_start(
+        &server.url(),
+        &[
+            ("header-injector", guests::HEADER_INJECTOR),
+            ("authz", guests::AUTHZ),
+        ],
+        login,
+    )
+    .await
+    .err()
+    .expect("a forbidden subject fails the start");
+    let violation = error
+        .downcast_ref::<PermissionViolation>()
+        .unwrap_or_else(|| panic!("not a permission violation: {error:#}"));
+    assert_eq!(violation.subject, "nylon.plugin.authz.request_filter");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // `up` exits with the subject named.
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    install_file(plugins.path(), "authz", guests::AUTHZ);
+    let output = run_bounded(
+        Command::new(natsplug_binary())
+            .args(["up", "--nats", &server.url(), "--nats-user", "host"])
+            .arg("--plugins")
+            .arg(plugins.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .env("NATSPLUG_NATS_PASSWORD", "pw"),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "error: NATS refused to let this host subscribe to `nylon.plugin.authz.request_filter`"
+        ) && stderr.contains("lacks subscribe permission there"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- faults
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_to_and_serving_resumes() {
+    let mut server = NatsServer::start_with_config("server_name: solo\n");
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |c| {
+            c.nats.reconnect_wait_ms = 50;
+            c.nats.reconnect_max_wait_ms = 400;
+        },
+    )
+    .await;
+    let client = server.connect().await;
+    assert_serves(&client).await;
+
+    server.kill();
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    server.restart();
+
+    // Requests are served again soon after the server is back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(reply) = request_once(&client, SUBJECT, "after-restart").await {
+            assert_eq!(reply.action, Action::Next);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served again 15 s after the restart"
+        );
+    }
+    let stats = host.host.stats();
+    assert!(stats.disconnects.load(Ordering::Relaxed) >= 1);
+    assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
+    let recovery = stats.last_recovery_ms.load(Ordering::Relaxed);
+    assert!(
+        recovery >= 900 && recovery <= down.elapsed().as_millis() as u64,
+        "recovery took {recovery} ms"
+    );
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cluster_node_killed_under_load_loses_no_request_and_answers_none_twice() {
+    let mut cluster = NatsCluster::start(3).await;
+    let urls = cluster.urls();
+    // The hosts reach the cluster through n2 and n3, the client through n1.
+    let host_urls = vec![urls[1].clone(), urls[2].clone()];
+    let mut hosts = Vec::new();
+    for name in ["a", "b"] {
+        let host_urls = host_urls.clone();
+        hosts.push(
+            TestHost::start(
+                &urls[1],
+                &[("header-injector", guests::HEADER_INJECTOR)],
+                move |c| {
+                    c.nats.urls = host_urls;
+                    c.nats.reconnect_wait_ms = 50;
+                    c.nats.reconnect_max_wait_ms = 500;
+                    header_name(c, &format!("x-host-{name}"));
+                },
+            )
+            .await,
+        );
+    }
+    let victim = hosts[0].host.client().server_info().server_name;
+    let victim_index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.url() == node_url(&urls, &victim))
+        .expect("host a is on a node of the cluster");
+    assert_ne!(victim_index, 0, "host a must not be on the client's node");
+
+    let client = async_nats::connect(urls[0].clone()).await.unwrap();
+    let ledger = Ledger::start(&client).await;
+    // Every node must know the queue group before the load starts.
+    wait_until_served(&client).await;
+
+    const REQUESTS: usize = 600;
+    for index in 0..REQUESTS {
+        ledger.send(&client, index, 0).await;
+        if index == REQUESTS / 3 {
+            cluster.nodes[victim_index].kill();
+        }
+        if index % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    client.flush().await.unwrap();
+
+    // Requests that were lost with the node are sent again, under the same
+    // request id with a new attempt number, until each has an answer.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut attempt = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let missing = ledger.unanswered(REQUESTS);
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} request(s) never answered, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        attempt += 1;
+        for index in missing {
+            ledger.send(&client, index, attempt).await;
+        }
+        client.flush().await.unwrap();
+    }
+    eprintln!(
+        "killed n{} under load; {attempt} round(s) of resends were needed",
+        victim_index + 1
+    );
+    // Late replies would show up now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let replies = ledger.replies();
+    let twice: Vec<_> = replies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "answered twice: {twice:?}");
+    assert!(replies.len() >= REQUESTS);
+
+    // The host that lost its node got back to the cluster and still serves.
+    let stats = hosts[0].host.stats();
+    assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
+    for host in &hosts {
+        host.host.shutdown().await.unwrap();
+    }
+}
+
+#[test]
+fn sigkill_of_one_of_two_hosts_leaves_the_other_serving_all_requests() {
+    let server = NatsServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let mut first = UpProcess::start(&server.url(), plugins.path(), cache.path(), "x-host-a");
+    let second = UpProcess::start(&server.url(), plugins.path(), cache.path(), "x-host-b");
+
+    runtime.block_on(async {
+        let client = server.connect().await;
+        let mut before = BTreeMap::<String, usize>::new();
+        for index in 0..100 {
+            let reply = request_once(&client, SUBJECT, &format!("before-{index}"))
+                .await
+                .expect("both hosts serve");
+            *before.entry(answered_by(&reply)).or_default() += 1;
+        }
+        assert_eq!(before.len(), 2, "both hosts take requests: {before:?}");
+
+        first.kill();
+
+        let mut after = BTreeMap::<String, usize>::new();
+        for index in 0..200 {
+            let id = format!("after-{index}");
+            let mut reply = None;
+            for _ in 0..3 {
+                reply = request_once(&client, SUBJECT, &id).await;
+                if reply.is_some() {
+                    break;
+                }
+            }
+            let reply = reply.unwrap_or_else(|| panic!("{id} was never answered"));
+            *after.entry(answered_by(&reply)).or_default() += 1;
+        }
+        assert_eq!(
+            after,
+            BTreeMap::from([("x-host-b".to_string(), 200)]),
+            "the remaining host answers everything"
+        );
+    });
+    drop(second);
+}
+
+#[tokio::test]
+async fn shutdown_with_nats_gone_gives_up_after_the_drain_timeout() {
+    let mut server = NatsServer::start();
+    let host = TestHost::start(
+        &server.url(),
+        &[("header-injector", guests::HEADER_INJECTOR)],
+        |c| c.nats.drain_timeout_ms = 1000,
+    )
+    .await;
+    assert_serves(&server.connect().await).await;
+    server.kill();
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), host.host.shutdown())
+        .await
+        .expect("the shutdown is bounded")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        error.starts_with("gave up draining after 1000 ms (nats.drain_timeout_ms)")
+            && error.contains(SUBJECT),
+        "{error}"
+    );
+}
+
+#[test]
+fn up_exits_with_the_reason_when_it_gives_up_reconnecting() {
+    let mut server = NatsServer::start();
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let mut child = Command::new(natsplug_binary())
+        .args(["up", "--nats", &server.url(), "--nats-max-reconnects", "3"])
+        .args(["--nats-reconnect-wait-ms", "50"])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a ready line").unwrap();
+    assert!(ready.starts_with("natsplug ready:"), "{ready}");
+
+    server.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "up did not give up; its log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        stderr.contains("disconnected from NATS; reconnecting up to 3 attempts")
+            && stderr.contains(
+                "error: lost the connection to NATS: gave up after 3 reconnect attempts (nats.max_reconnects"
+            ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_counted_and_logged_not_silently_dropped() {
+    let server = NatsServer::start();
+    let host = TestHost::start(&server.url(), &[("misbehave", guests::MISBEHAVE)], |c| {
+        c.nats.subscription_capacity = 4;
+        c.runtime.workers = 1;
+        c.runtime.max_in_flight = 1;
+    })
+    .await;
+    let client = server.connect().await;
+    let payload = protocol::encode_request(&request("request_filter", "slow", "GET", "/sleep"));
+    for _ in 0..200 {
+        client
+            .publish_with_reply(
+                "nylon.plugin.misbehave.request_filter",
+                client.new_inbox(),
+                payload.clone().into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.host.stats().slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no slow consumer counted after a flood"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.host.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// One request with a 1 s deadline: the reply, or `None` when it is lost.
+async fn request_once(client: &async_nats::Client, subject: &str, id: &str) -> Option<PhaseReply> {
+    let payload = protocol::encode_request(&request("request_filter", id, "GET", "/"));
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request(subject.to_string(), payload.into()),
+    )
+    .await
+    {
+        Ok(Ok(message)) => Some(protocol::decode_reply(&message.payload).expect("a phase reply")),
+        _ => None,
+    }
+}
+
+async fn wait_until_served(client: &async_nats::Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request_once(client, SUBJECT, "warm-up").await.is_none() {
+        assert!(Instant::now() < deadline, "the hosts do not serve");
+    }
+}
+
+/// Which host answered: the header injector sets the header named by its
+/// `header` config to the request id, and each host names it differently.
+fn answered_by(reply: &PhaseReply) -> String {
+    let set = &reply
+        .request_headers
+        .as_ref()
+        .expect("header mutations")
+        .set;
+    set.iter()
+        .map(|(name, _)| name.to_string())
+        .find(|name| name.starts_with("x-host-"))
+        .expect("a host header")
+}
+
+fn header_name(config: &mut HostConfig, name: &str) {
+    config
+        .plugin
+        .entry("header-injector".into())
+        .or_default()
+        .config
+        .insert("header".into(), name.into());
+}
+
+/// The URL of the node named `name` (`n1`, `n2`, ...).
+fn node_url(urls: &[String], name: &str) -> String {
+    let index: usize = name
+        .trim_start_matches('n')
+        .parse()
+        .unwrap_or_else(|_| panic!("unexpected server name `{name}`"));
+    urls[index - 1].clone()
+}
+
+/// Requests sent under load: each attempt of each request has its own
+/// reply subject, and every reply that arrives is counted against it.
+struct Ledger {
+    inbox: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    answered: Arc<Mutex<HashMap<usize, String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Ledger {
+    async fn start(client: &async_nats::Client) -> Ledger {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(format!("{inbox}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let answered = Arc::new(Mutex::new(HashMap::new()));
+        let task = tokio::spawn({
+            let counts = counts.clone();
+            let answered = answered.clone();
+            let prefix = format!("{inbox}.");
+            async move {
+                while let Some(message) = replies.next().await {
+                    let subject = message.subject.to_string();
+                    let reply = protocol::decode_reply(&message.payload).expect("a phase reply");
+                    let key = subject.trim_start_matches(&prefix).to_string();
+                    let index: usize = key.split('.').next().unwrap().parse().unwrap();
+                    assert_eq!(reply.request_id, format!("load-{index}"));
+                    *counts.lock().unwrap().entry(key).or_insert(0) += 1;
+                    answered.lock().unwrap().entry(index).or_insert(subject);
+                }
+            }
+        });
+        Ledger {
+            inbox,
+            counts,
+            answered,
+            task,
+        }
+    }
+
+    async fn send(&self, client: &async_nats::Client, index: usize, attempt: usize) {
+        let payload = protocol::encode_request(&request(
+            "request_filter",
+            &format!("load-{index}"),
+            "GET",
+            "/",
+        ));
+        // While the client itself reconnects, publishing may fail; the
+        // request then counts as lost and is sent again later.
+        let _ = client
+            .publish_with_reply(
+                SUBJECT,
+                format!("{}.{index}.{attempt}", self.inbox),
+                payload.into(),
+            )
+            .await;
+    }
+
+    fn unanswered(&self, total: usize) -> Vec<usize> {
+        let answered = self.answered.lock().unwrap();
+        (0..total).filter(|i| !answered.contains_key(i)).collect()
+    }
+
+    /// Replies per `{request}.{attempt}`.
+    fn replies(&self) -> HashMap<String, usize> {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `natsplug up` process serving the header injector under its own
+/// header name, its log in a temp file.
+struct UpProcess {
+    child: Child,
+    _config: tempfile::TempDir,
+}
+
+impl UpProcess {
+    fn start(url: &str, plugins: &Path, cache: &Path, header: &str) -> UpProcess {
+        let config = tempfile::tempdir().unwrap();
+        let file = config.path().join("natsplug.toml");
+        std::fs::write(
+            &file,
+            format!("[plugin.header-injector.config]\nheader = \"{header}\"\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(natsplug_binary())
+            .args(["up", "--nats", url, "--config"])
+            .arg(&file)
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting natsplug up");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("a ready line").unwrap();
+        assert!(ready.starts_with("natsplug ready:"), "{ready}");
+        UpProcess {
+            child,
+            _config: config,
+        }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `command` to completion, killing it after 30 s.
+fn run_bounded(command: &mut Command) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the command");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the command did not finish within 30 s; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------- PKI
+
+enum Purpose {
+    Server,
+    Client,
+}
+
+/// A certificate authority made for one test.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { params, key, cert }
+    }
+
+    fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate for 127.0.0.1 and localhost and its key, both PEM.
+    fn leaf(&self, name: &str, purpose: Purpose) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![match purpose {
+            Purpose::Server => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            Purpose::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+// ---------------------------------------------------------------- JWTs
+
+/// A NATS JWT (`alg: ed25519-nkey`) with `claims`, issued by `issuer` for
+/// `subject`.
+fn encode_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    name: &str,
+    nats: serde_json::Value,
+) -> String {
+    use sha2::Digest as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "jti": "",
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let digest = sha2::Sha256::digest(claims.to_string().as_bytes());
+    claims["jti"] = base32(&digest).into();
+    let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn operator_jwt(operator: &nkeys::KeyPair, system: &nkeys::KeyPair) -> String {
+    encode_jwt(
+        operator,
+        &operator.public_key(),
+        "test-operator",
+        serde_json::json!({
+            "system_account": system.public_key(),
+            "type": "operator",
+            "version": 2,
+        }),
+    )
+}
+
+fn account_jwt(operator: &nkeys::KeyPair, account: &nkeys::KeyPair, name: &str) -> String {
+    encode_jwt(
+        operator,
+        &account.public_key(),
+        name,
+        serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                "wildcards": true, "conn": -1, "leaf": -1,
+            },
+            "default_permissions": { "pub": {}, "sub": {} },
+            "type": "account",
+            "version": 2,
+        }),
+    )
+}
+
+fn user_jwt(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> String {
+    encode_jwt(
+        account,
+        &user.public_key(),
+        name,
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user",
+            "version": 2,
+        }),
+    )
+}
+
+/// A `.creds` file as `nsc` writes it.
+fn creds_file(jwt: &str, user: &nkeys::KeyPair) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().unwrap()
+    )
+}
+
+/// RFC 4648 base32 without padding, as NATS JWT ids use.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
