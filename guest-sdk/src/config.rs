@@ -1,5 +1,5 @@
 //! The plugin's configuration, set per plugin in the host's config file
-//! (`[plugins.<name>.config]`).
+//! (`[plugin.<name>.config]`).
 
 use crate::bindings::natsplug::plugin::host;
 

@@ -99,6 +99,19 @@ impl Outcome {
     }
 }
 
+/// The refusal of a payload larger than `max_request_bytes` (what the host
+/// answers before a plugin sees it), or `None` when it fits.
+pub fn refuse_oversized(payload: &[u8], max_request_bytes: usize) -> Option<Outcome> {
+    (payload.len() > max_request_bytes).then(|| {
+        let error = RequestError::TooLarge(format!(
+            "request of {} bytes is above the {} bytes this host accepts (runtime.max_request_bytes)",
+            payload.len(),
+            max_request_bytes
+        ));
+        Outcome::failure(protocol::peek_request_id(payload), error)
+    })
+}
+
 /// Run the request in `payload` through `plugin`'s `phase`.
 ///
 /// `slot` holds this worker's warm instance of the plugin; it is reused when

@@ -228,6 +228,27 @@ impl PluginLoader {
         Ok(plugin)
     }
 
+    /// Load plugin `name` from a component already compiled for this
+    /// loader's engine from `bytes`; the cache is neither read nor written.
+    /// For tools that look at the component themselves (`natsplug inspect`).
+    pub fn load_component(
+        &self,
+        name: &str,
+        component: Component,
+        bytes: &[u8],
+        settings: &PluginSettings,
+    ) -> anyhow::Result<LoadedPlugin> {
+        validate_plugin_name(name)?;
+        self.prepare(
+            name,
+            component,
+            content_hash(bytes),
+            bytes.len(),
+            Duration::ZERO,
+            settings,
+        )
+    }
+
     fn prepare(
         &self,
         name: &str,
@@ -316,7 +337,7 @@ pub fn plugin_name_of(path: &Path) -> anyhow::Result<String> {
 
 /// Check that the component exports our handler interface at our version,
 /// and say precisely what is wrong when it does not.
-fn check_exports(name: &str, component: &Component, engine: &Engine) -> anyhow::Result<()> {
+pub fn check_exports(name: &str, component: &Component, engine: &Engine) -> anyhow::Result<()> {
     let component_type = component.component_type();
     let exports: Vec<(String, bool)> = component_type
         .exports(engine)

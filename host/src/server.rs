@@ -774,13 +774,9 @@ impl Dispatcher {
             tracing::debug!(subject = %message.subject, "dropped a message without a reply subject");
             return;
         };
-        if message.payload.len() > self.max_request_bytes {
-            let error = RequestError::TooLarge(format!(
-                "request of {} bytes is above the {} bytes this host accepts (runtime.max_request_bytes)",
-                message.payload.len(),
-                self.max_request_bytes
-            ));
-            let outcome = Outcome::failure(protocol::peek_request_id(&message.payload), error);
+        if let Some(outcome) =
+            crate::dispatch::refuse_oversized(&message.payload, self.max_request_bytes)
+        {
             self.reply(reply_to, outcome, stats, received).await;
             return;
         }

@@ -1,16 +1,33 @@
 //! The command line: a thin layer over the library. Each subcommand lives in
 //! its own module.
 
+mod bench;
 mod call;
+mod inspect;
+mod invoke;
+mod local;
+mod new;
+mod reply;
+mod request_file;
 mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub const EXAMPLES: &str = "Examples:
+  natsplug new rate-limiter                                  # scaffold a plugin
+  natsplug inspect rate_limiter.wasm                         # what the host sees in it
+  natsplug invoke rate_limiter.wasm --path /x                # run it locally, no NATS
+  natsplug up --plugins ./plugins                            # serve a directory
+  natsplug call rate-limiter request_filter --path /x        # one request over NATS
+  natsplug bench rate-limiter request_filter --duration 30s  # load test
+
+Every subcommand has its own --help with examples.";
+
 /// Run WebAssembly component plugins behind NATS.
 #[derive(Debug, Parser)]
-#[command(name = "natsplug", version, about, long_about = None)]
+#[command(name = "natsplug", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,14 +39,31 @@ enum Command {
     #[command(visible_alias = "serve", after_help = up::EXAMPLES)]
     Up(up::UpArgs),
     /// Send one phase request over NATS and print the reply.
-    #[command(after_help = call::EXAMPLES)]
+    #[command(after_help = with_request_format(call::EXAMPLES))]
     Call(call::CallArgs),
+    /// Run a plugin file's phase locally (no NATS) and print the reply and its logs.
+    #[command(after_help = with_request_format(invoke::EXAMPLES))]
+    Invoke(invoke::InvokeArgs),
+    /// Show what a plugin component exports and imports, its phases, version and hash.
+    #[command(after_help = inspect::EXAMPLES)]
+    Inspect(inspect::InspectArgs),
+    /// Create a Rust plugin project from a template.
+    #[command(after_help = new::EXAMPLES)]
+    New(new::NewArgs),
+    /// Load-test a plugin phase over NATS: throughput and latency percentiles.
+    #[command(after_help = with_request_format(bench::EXAMPLES))]
+    Bench(bench::BenchArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The host narrates its work; the tools print only their results (and
+    // warnings) unless RUST_LOG asks for more.
+    init_tracing(match cli.command {
+        Command::Up(_) => "info,wasmtime=warn,cranelift=warn",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,6 +78,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Invoke(args) => invoke::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::New(args) => new::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {
@@ -55,10 +93,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
+/// Examples followed by the request-file format, for the subcommands that
+/// build a phase request.
+fn with_request_format(examples: &str) -> String {
+    format!("{examples}\n\n{}", request_file::FORMAT)
+}
+
+fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build the Python example plugin: target/guests/polyglot/python-validator.wasm
+# (relative to the repository root).
+#
+# componentize-py is installed, at the version pinned below, into .venv/ next
+# to this script when it is missing or at another version. Needs python3
+# (3.9 or newer) with the venv module; PYTHON overrides the interpreter.
+set -euo pipefail
+
+COMPONENTIZE_PY_VERSION=0.25.1
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="$here/.venv"
+tool="$venv/bin/componentize-py"
+out_dir="$root/target/guests/polyglot"
+out="$out_dir/python-validator.wasm"
+
+if [ ! -x "$tool" ] || [ "$("$tool" --version 2>/dev/null)" != "componentize-py $COMPONENTIZE_PY_VERSION" ]; then
+    echo "python-validator: installing componentize-py $COMPONENTIZE_PY_VERSION into $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet \
+        "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+
+mkdir -p "$out_dir"
+cd "$here"
+echo "python-validator: building $out"
+# Written next to the target and renamed, so a failed build leaves no
+# truncated component behind.
+"$tool" --quiet --wit-path "$root/wit" --world plugin \
+    componentize --python-path src --output "$out.tmp" app
+mv "$out.tmp" "$out"
+echo "python-validator: $(wc -c <"$out") bytes"
