@@ -877,6 +877,12 @@ impl Ledger {
             let prefix = format!("{inbox}.");
             async move {
                 while let Some(message) = replies.next().await {
+                    // While the cluster reroutes interest, the server may
+                    // answer "no responders" itself: that request counts as
+                    // unanswered and is sent again.
+                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        continue;
+                    }
                     let subject = message.subject.to_string();
                     let reply = protocol::decode_reply(&message.payload).expect("a phase reply");
                     let key = subject.trim_start_matches(&prefix).to_string();

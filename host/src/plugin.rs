@@ -262,8 +262,9 @@ impl PluginLoader {
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             anyhow!(
                 "plugin `{name}` needs an import this host does not provide: {error:#}. \
-                 The host provides WASI 0.2 and {HOST_INTERFACE}; rebuild the plugin against \
-                 the WIT package natsplug:plugin@{WIT_VERSION}"
+                 The host provides WASI 0.2 (without sockets or HTTP) and {HOST_INTERFACE}: \
+                 build the plugin against the WIT package natsplug:plugin@{WIT_VERSION} and \
+                 leave out other imports (for example, componentize-js needs `--disable http fetch-event`)"
             )
         })?;
         let pre = PluginPre::new(instance_pre)
