@@ -63,6 +63,9 @@ macro_rules! __log {
     };
 }
 
+/// Log at a level chosen at run time: `log!(level, "message", key = value, ...)`.
+#[macro_export]
+macro_rules! log { ($level:expr, $($t:tt)*) => { $crate::__log!($level, $($t)*) }; }
 /// Log at trace level: `trace!("message", key = value, ...)`.
 #[macro_export]
 macro_rules! trace { ($($t:tt)*) => { $crate::__log!($crate::log::Level::Trace, $($t)*) }; }

@@ -2,6 +2,7 @@
 //! host's log import: method, path, status, duration and client address.
 //! Exchanges answered with a 5xx are logged at `warn`.
 
+use natsplug_sdk::log::Level;
 use natsplug_sdk::prelude::*;
 
 struct AccessLogger;
@@ -18,26 +19,20 @@ impl Plugin for AccessLogger {
         let client = request.client_ip.clone().unwrap_or_default();
         let user_agent = request.header("user-agent").unwrap_or("").to_string();
         let message = format!("{} {} {}", request.method, request.path, status);
-        if status >= 500 {
-            warn!(
-                message,
-                method = request.method.as_str(),
-                path = request.path.as_str(),
-                status = status,
-                duration_ms = duration_ms.unwrap_or(0),
-                client_ip = client,
-                user_agent = user_agent
-            );
+        let level = if status >= 500 {
+            Level::Warn
         } else {
-            info!(
-                message,
-                method = request.method.as_str(),
-                path = request.path.as_str(),
-                status = status,
-                duration_ms = duration_ms.unwrap_or(0),
-                client_ip = client,
-                user_agent = user_agent
-            );
-        }
+            Level::Info
+        };
+        natsplug_sdk::log!(
+            level,
+            message,
+            method = request.method.as_str(),
+            path = request.path.as_str(),
+            status = status,
+            duration_ms = duration_ms.unwrap_or(0),
+            client_ip = client,
+            user_agent = user_agent
+        );
     }
 }
