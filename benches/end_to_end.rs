@@ -130,14 +130,18 @@ impl Process {
     }
 
     fn resident_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
+        resident_mib(self.0.id())
     }
+}
+
+/// Resident memory of process `pid` in MiB (0 when it cannot be read).
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn start_host(
@@ -301,15 +305,7 @@ async fn run(duration: Duration, levels: &[usize]) {
                 let mut peak: f64 = 0.0;
                 let until = Instant::now() + duration;
                 while Instant::now() < until {
-                    let status =
-                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                    if let Some(kib) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
-                    {
-                        peak = peak.max(kib / 1024.0);
-                    }
+                    peak = peak.max(resident_mib(pid));
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 peak
