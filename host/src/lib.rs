@@ -11,6 +11,7 @@
 //! in the sandbox of [`sandbox`] on the engine of [`engine`].
 
 pub mod bindings;
+pub mod bucket;
 pub mod cache;
 pub mod cli;
 pub mod config;

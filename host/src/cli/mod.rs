@@ -3,6 +3,7 @@
 
 mod bench;
 mod call;
+mod connection;
 mod inspect;
 mod invoke;
 mod local;
