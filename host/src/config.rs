@@ -352,6 +352,12 @@ pub struct PluginsConfig {
     /// Quiet time after the last write to a file before it is loaded, in
     /// milliseconds. A file renamed into the directory loads at once. Default 200.
     pub debounce_ms: u64,
+    /// JetStream object store bucket to serve plugins from, beside the
+    /// directory (which wins when both hold a plugin). Default none.
+    pub bucket: Option<String>,
+    /// Compare the served plugins with the bucket this often, in seconds,
+    /// besides following its changes (0: only follow changes). Default 60.
+    pub bucket_resync_secs: u64,
 }
 
 impl Default for PluginsConfig {
@@ -360,6 +366,8 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins"),
             watch: true,
             debounce_ms: 200,
+            bucket: None,
+            bucket_resync_secs: 60,
         }
     }
 }
@@ -689,6 +697,17 @@ impl HostConfig {
             );
         }
         self.validate_nats()?;
+        if let Some(bucket) = &self.plugins.bucket {
+            let ok = !bucket.is_empty()
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !ok {
+                bail!(
+                    "plugins.bucket `{bucket}` is not a valid bucket name: use letters, digits, `-` and `_`"
+                );
+            }
+        }
         let runtime = &self.runtime;
         let positive = [
             (

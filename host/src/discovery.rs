@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::server::{Host, PluginStatus};
+use crate::server::{Host, LoadFailure, PluginStatus};
 
 /// The `$SRV` verbs answered.
 const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
@@ -62,7 +62,16 @@ pub async fn serve(host: Arc<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn identity(host: &Host, kind: &str, plugins: &[PluginStatus]) -> serde_json::Map<String, Value> {
+/// What every reply carries: who the host is, and in its metadata which
+/// version of each plugin it serves (`plugin.NAME.hash`, `.version`,
+/// `.origin`) and which version failed to load (`plugin.NAME.failed_hash`,
+/// `.failed_error`), so a fleet's convergence can be read from `$SRV.INFO`.
+fn identity(
+    host: &Host,
+    kind: &str,
+    plugins: &[PluginStatus],
+    failures: &BTreeMap<String, LoadFailure>,
+) -> serde_json::Map<String, Value> {
     let config = host.config();
     let mut metadata = BTreeMap::new();
     metadata.insert("hostname".to_string(), crate::nats::hostname());
@@ -79,6 +88,20 @@ fn identity(host: &Host, kind: &str, plugins: &[PluginStatus]) -> serde_json::Ma
         if let Some(version) = &plugin.version {
             metadata.insert(format!("plugin.{}.version", plugin.name), version.clone());
         }
+        metadata.insert(
+            format!("plugin.{}.origin", plugin.name),
+            plugin.origin.as_str().to_string(),
+        );
+    }
+    for (name, failure) in failures {
+        metadata.insert(
+            format!("plugin.{name}.failed_hash"),
+            failure.content_hash.clone(),
+        );
+        metadata.insert(format!("plugin.{name}.failed_error"), failure.error.clone());
+    }
+    if let Some(bucket) = &config.plugins.bucket {
+        metadata.insert("bucket".to_string(), bucket.clone());
     }
     let mut object = serde_json::Map::new();
     object.insert(
@@ -94,7 +117,7 @@ fn identity(host: &Host, kind: &str, plugins: &[PluginStatus]) -> serde_json::Ma
 
 fn ping(host: &Host) -> Value {
     // PING carries no plugin metadata, so it needs no lock.
-    Value::Object(identity(host, "ping", &[]))
+    Value::Object(identity(host, "ping", &[], &BTreeMap::new()))
 }
 
 /// `{plugin}-{phase}`: endpoint names allow letters, digits, `-` and `_`.
@@ -104,7 +127,8 @@ fn endpoint_name(plugin: &str, phase: crate::Phase) -> String {
 
 async fn info(host: &Host) -> Value {
     let plugins = host.status().await;
-    let mut object = identity(host, "info", &plugins);
+    let failures = host.failures().await;
+    let mut object = identity(host, "info", &plugins, &failures);
     object.insert(
         "description".into(),
         json!("WebAssembly plugins served on NATS phase subjects"),
@@ -134,7 +158,8 @@ async fn info(host: &Host) -> Value {
 
 async fn stats(host: &Host) -> Value {
     let plugins = host.status().await;
-    let mut object = identity(host, "stats", &plugins);
+    let failures = host.failures().await;
+    let mut object = identity(host, "stats", &plugins, &failures);
     object.insert(
         "started".into(),
         json!(humantime::format_rfc3339_millis(host.started()).to_string()),

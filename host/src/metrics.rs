@@ -9,13 +9,16 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::server::{Host, PluginStatus};
+use std::collections::BTreeMap;
+
+use crate::server::{Host, LoadFailure, PluginStatus};
 use crate::stats::ERROR_CODES;
 
 /// A snapshot of everything exported, taken at scrape time.
 #[derive(Debug)]
 struct Snapshot {
     plugins: Vec<PluginStatus>,
+    failures: BTreeMap<String, LoadFailure>,
     counters: Vec<(&'static str, &'static str, u64)>,
     gauges: Vec<(&'static str, &'static str, i64)>,
     dropped_records: Vec<(&'static str, u64)>,
@@ -101,6 +104,22 @@ impl Collector for Snapshot {
                 ("plugin", plugin.name.clone()),
                 ("version", plugin.version.clone().unwrap_or_default()),
                 ("content_hash", plugin.content_hash.clone()),
+                ("origin", plugin.origin.as_str().to_string()),
+            ];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "natsplug_plugin_load_failed",
+            "A plugin version that failed to load while the previous one (if any) keeps serving (always 1)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (name, failure) in &self.failures {
+            let labels: Labels = vec![
+                ("plugin", name.clone()),
+                ("content_hash", failure.content_hash.clone()),
+                ("origin", failure.origin.as_str().to_string()),
             ];
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }
@@ -135,6 +154,7 @@ pub async fn render(host: &Host) -> String {
     let connected = host.client().connection_state() == async_nats::connection::State::Connected;
     let snapshot = Snapshot {
         plugins: host.status().await,
+        failures: host.failures().await,
         counters: vec![
             (
                 "natsplug_log_records_sent",

@@ -422,6 +422,8 @@ pub struct ConnectionMonitor {
     server_errors: broadcast::Sender<String>,
     lost: CancellationToken,
     max_reconnects: usize,
+    /// Counts reconnections, for tasks that resynchronise after one.
+    reconnected: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -443,6 +445,7 @@ impl ConnectionMonitor {
             server_errors: broadcast::channel(64).0,
             lost: CancellationToken::new(),
             max_reconnects: config.max_reconnects,
+            reconnected: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -463,6 +466,11 @@ impl ConnectionMonitor {
     /// Cancelled when the client gave up reconnecting (`max_reconnects`).
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
+    }
+
+    /// Changes every time the client reconnects after a disconnect.
+    pub fn reconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnected.subscribe()
     }
 
     /// Errors the server sends from now on (`-ERR` text).
@@ -493,6 +501,7 @@ impl ConnectionMonitor {
                             "reconnected to NATS after {} ms; subscriptions restored",
                             recovery.as_millis()
                         );
+                        self.reconnected.send_modify(|count| *count += 1);
                     }
                     None => tracing::debug!("connected to NATS"),
                 }

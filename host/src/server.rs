@@ -36,6 +36,8 @@ struct ServedPlugin {
     subscriptions: BTreeMap<Phase, PhaseSubscription>,
     /// Times a new version replaced the served one.
     reloads: u64,
+    /// Where the served version came from.
+    origin: Origin,
 }
 
 struct PhaseSubscription {
@@ -53,7 +55,51 @@ pub struct PluginStatus {
     pub content_hash: String,
     /// Times a new version replaced the served one.
     pub reloads: u64,
+    /// Where the served version came from.
+    pub origin: Origin,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+/// Where a plugin's component comes from. When both hold a plugin of the
+/// same name, the directory wins: a file is a deliberate local override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `.wasm` file in the plugins directory.
+    Directory,
+    /// An object in the JetStream object store bucket.
+    Bucket,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Directory => "directory",
+            Origin::Bucket => "bucket",
+        }
+    }
+}
+
+/// A version of a plugin that failed to load (the previous version, if
+/// any, keeps serving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadFailure {
+    pub content_hash: String,
+    pub origin: Origin,
+    pub error: String,
+}
+
+/// Held while one plugin is brought in line with a source: changes to one
+/// plugin apply in order, changes to different plugins in parallel.
+pub struct PluginLock {
+    name: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl PluginLock {
+    /// The plugin locked.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// What [`Host::sync_file`] did.
@@ -108,8 +154,11 @@ pub struct Host {
     /// changes to different plugins in parallel.
     sync_locks: std::sync::Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
     closed: std::sync::atomic::AtomicBool,
-    /// Plugins whose file failed to load and is not fixed yet.
-    failed_files: Mutex<BTreeMap<String, String>>,
+    /// Plugins whose last version failed to load and is not fixed yet.
+    failures: Mutex<BTreeMap<String, LoadFailure>>,
+    /// Told the name of a plugin whose file left the directory, so the
+    /// bucket (if any) can serve its version instead.
+    directory_released: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Watches the connection; confirms subscriptions.
     monitor: Arc<ConnectionMonitor>,
 }
@@ -224,7 +273,8 @@ impl Host {
             background: CancellationToken::new(),
             sync_locks: std::sync::Mutex::new(BTreeMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
-            failed_files: Mutex::new(BTreeMap::new()),
+            failures: Mutex::new(BTreeMap::new()),
+            directory_released: std::sync::Mutex::new(None),
             monitor,
         })
     }
@@ -273,14 +323,19 @@ impl Host {
     }
 
     /// Why the host is not ready, if it is not: NATS disconnected, or a
-    /// plugin file in the directory that failed to load.
+    /// plugin version (from the directory or the bucket) that failed to load.
     pub async fn readiness(&self) -> Result<(), String> {
         if self.dispatcher.client.connection_state() != async_nats::connection::State::Connected {
             return Err("not connected to NATS".into());
         }
-        let failed = self.failed_files.lock().await;
-        if let Some((name, error)) = failed.iter().next() {
-            return Err(format!("plugin `{name}` failed to load: {error}"));
+        let failures = self.failures.lock().await;
+        if let Some((name, failure)) = failures.iter().next() {
+            return Err(format!(
+                "plugin `{name}` (version {} from the {}) failed to load: {}",
+                short(&failure.content_hash),
+                failure.origin.as_str(),
+                failure.error
+            ));
         }
         Ok(())
     }
@@ -319,33 +374,76 @@ impl Host {
     /// is logged, emitted as a log record and returned.
     pub async fn sync_file(&self, path: &Path) -> anyhow::Result<SyncOutcome> {
         let name = crate::plugin::plugin_name_of(path)?;
-        let lock = {
-            let mut locks = self.sync_locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(name.clone()).or_default().clone()
-        };
-        let _serialised = lock.lock().await;
+        let lock = self.lock_plugin(&name).await;
         let bytes = match tokio::fs::read(path).await {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                self.failed_files.lock().await.remove(&name);
-                return Ok(if self.remove(&name).await {
-                    SyncOutcome::Removed
-                } else {
-                    SyncOutcome::Unchanged
-                });
-            }
+            Ok(bytes) => Some(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => {
                 return Err(anyhow::Error::new(error)
                     .context(format!("reading plugin file {}", path.display())));
             }
         };
-        let served_hash = self.served_hash(&name).await;
-        if served_hash.as_deref() == Some(crate::plugin::content_hash(&bytes).as_str()) {
+        let gone = bytes.is_none();
+        let outcome = self.apply(&lock, Origin::Directory, bytes).await;
+        drop(lock);
+        if gone {
+            let released = self
+                .directory_released
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = released.as_ref() {
+                let _ = sender.send(name);
+            }
+        }
+        outcome
+    }
+
+    /// Take the lock of plugin `name`, to [`Host::apply`] a version of it.
+    pub async fn lock_plugin(&self, name: &str) -> PluginLock {
+        let lock = {
+            let mut locks = self.sync_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        PluginLock {
+            name: name.to_string(),
+            _guard: lock.lock_owned().await,
+        }
+    }
+
+    /// Bring the locked plugin in line with what `origin` holds for it:
+    /// `Some(bytes)` is loaded (or reloaded when its content differs from
+    /// the served version); `None` removes the plugin if it was served from
+    /// `origin`. A version that fails to load leaves the served one as it
+    /// was; the failure is logged, emitted as a log record, kept for
+    /// readiness and discovery until a good version arrives, and returned.
+    pub async fn apply(
+        &self,
+        lock: &PluginLock,
+        origin: Origin,
+        bytes: Option<Vec<u8>>,
+    ) -> anyhow::Result<SyncOutcome> {
+        let name = lock.name();
+        let Some(bytes) = bytes else {
+            self.clear_failure(name, Some(origin)).await;
+            let served_from_origin = self.served_origin(name).await == Some(origin);
+            return Ok(if served_from_origin && self.remove(name).await {
+                SyncOutcome::Removed
+            } else {
+                SyncOutcome::Unchanged
+            });
+        };
+        let content_hash = crate::plugin::content_hash(&bytes);
+        let served_hash = self.served_hash(name).await;
+        if served_hash.as_deref() == Some(content_hash.as_str()) {
+            self.clear_failure(name, None).await;
+            if let Some(served) = self.plugins.lock().await.get_mut(name) {
+                served.origin = origin;
+            }
             return Ok(SyncOutcome::Unchanged);
         }
         let loader = self.loader.clone();
-        let settings = self.config.plugin_settings(&name);
-        let compile_name = name.clone();
+        let settings = self.config.plugin_settings(name);
+        let compile_name = name.to_string();
         let compiled = tokio::task::spawn_blocking(move || {
             loader.load_bytes(&compile_name, &bytes, &settings)
         })
@@ -353,8 +451,8 @@ impl Host {
         .context("the compile task failed")?;
         match compiled {
             Ok(plugin) => {
-                self.failed_files.lock().await.remove(&name);
-                let replaced = self.install(plugin).await?;
+                self.clear_failure(name, None).await;
+                let replaced = self.install_from(plugin, origin).await?;
                 Ok(if replaced {
                     SyncOutcome::Reloaded
                 } else {
@@ -362,22 +460,99 @@ impl Host {
                 })
             }
             Err(error) => {
+                let source = match origin {
+                    Origin::Directory => "the plugins directory".to_string(),
+                    Origin::Bucket => format!(
+                        "bucket `{}`",
+                        self.config.plugins.bucket.as_deref().unwrap_or_default()
+                    ),
+                };
+                let version = short(&content_hash);
                 let message = if served_hash.is_some() {
                     format!(
-                        "plugin `{name}` failed to load; the previous version keeps serving: {error:#}"
+                        "plugin `{name}` version {version} from {source} failed to load; the previous version keeps serving: {error:#}"
                     )
                 } else {
-                    format!("plugin `{name}` failed to load: {error:#}")
+                    format!(
+                        "plugin `{name}` version {version} from {source} failed to load: {error:#}"
+                    )
                 };
-                tracing::error!(plugin = %name, file = %path.display(), "{message}");
-                self.failed_files
-                    .lock()
-                    .await
-                    .insert(name.clone(), format!("{error:#}"));
-                self.host_event(&name, LogLevel::Error, message);
+                tracing::error!(plugin = %name, hash = %version, origin = origin.as_str(), "{message}");
+                self.failures.lock().await.insert(
+                    name.to_string(),
+                    LoadFailure {
+                        content_hash,
+                        origin,
+                        error: format!("{error:#}"),
+                    },
+                );
+                self.host_event(name, LogLevel::Error, message);
                 Err(error)
             }
         }
+    }
+
+    /// When the served version of the locked plugin has `content_hash`,
+    /// record it as coming from `origin`, forget any failure of another
+    /// version, and return true: there is nothing to load.
+    pub async fn confirm_served(
+        &self,
+        lock: &PluginLock,
+        origin: Origin,
+        content_hash: &str,
+    ) -> bool {
+        let name = lock.name();
+        {
+            let mut plugins = self.plugins.lock().await;
+            match plugins.get_mut(name) {
+                Some(served) if served.current.load().content_hash == content_hash => {
+                    served.origin = origin;
+                }
+                _ => return false,
+            }
+        }
+        self.clear_failure(name, None).await;
+        true
+    }
+
+    /// Forget the load failure of `name` (only one from `origin`, if given).
+    async fn clear_failure(&self, name: &str, origin: Option<Origin>) {
+        let mut failures = self.failures.lock().await;
+        if failures
+            .get(name)
+            .is_some_and(|f| origin.is_none_or(|origin| f.origin == origin))
+        {
+            failures.remove(name);
+        }
+    }
+
+    /// Plugin versions that failed to load and are not fixed yet.
+    pub async fn failures(&self) -> BTreeMap<String, LoadFailure> {
+        self.failures.lock().await.clone()
+    }
+
+    /// Where the served version of `name` came from.
+    pub async fn served_origin(&self, name: &str) -> Option<Origin> {
+        self.plugins.lock().await.get(name).map(|s| s.origin)
+    }
+
+    /// Whether the plugins directory holds a file for plugin `name` (which
+    /// then wins over the bucket).
+    pub fn directory_holds(&self, name: &str) -> bool {
+        self.config
+            .plugins
+            .dir
+            .join(format!("{name}.wasm"))
+            .is_file()
+    }
+
+    /// Have `sender` told the name of every plugin whose file leaves the
+    /// plugins directory.
+    pub fn on_directory_release(&self, sender: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self
+            .directory_released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sender);
     }
 
     /// The content hash of the version of `name` served now.
@@ -407,6 +582,11 @@ impl Host {
     /// name is served already, swap it in. Requests in flight finish on the
     /// version they started on. Returns whether a served version was replaced.
     pub async fn install(&self, plugin: LoadedPlugin) -> anyhow::Result<bool> {
+        self.install_from(plugin, Origin::Directory).await
+    }
+
+    /// [`Host::install`], recording where the plugin came from.
+    pub async fn install_from(&self, plugin: LoadedPlugin, origin: Origin) -> anyhow::Result<bool> {
         if self.closed.load(Ordering::Acquire) {
             bail!("the host is shut down");
         }
@@ -432,6 +612,7 @@ impl Host {
                 }
                 let previous = served.current.swap(plugin.clone());
                 served.reloads += 1;
+                served.origin = origin;
                 if let Err(error) = self.subscribe_missing(&mut served, &plugin).await {
                     // The phases served before go on serving.
                     plugins.insert(name, served);
@@ -442,6 +623,7 @@ impl Host {
                     plugin = %name,
                     old_hash = %previous.short_hash(),
                     new_hash = %plugin.short_hash(),
+                    origin = origin.as_str(),
                     version = plugin.version.as_deref().unwrap_or("-"),
                     compile_ms = plugin.compile_time.as_millis() as u64,
                     cached = plugin.from_cache,
@@ -458,6 +640,7 @@ impl Host {
                     permits: Arc::new(Semaphore::new(plugin.max_in_flight)),
                     subscriptions: BTreeMap::new(),
                     reloads: 0,
+                    origin,
                 };
                 self.subscribe_missing(&mut served, &plugin).await?;
                 let subjects: Vec<&str> = served
@@ -469,6 +652,7 @@ impl Host {
                     plugin = %name,
                     version = plugin.version.as_deref().unwrap_or("-"),
                     hash = %plugin.short_hash(),
+                    origin = origin.as_str(),
                     compile_ms = plugin.compile_time.as_millis() as u64,
                     cached = plugin.from_cache,
                     subjects = %subjects.join(" "),
@@ -596,6 +780,7 @@ impl Host {
                     version: current.version.clone(),
                     content_hash: current.content_hash.clone(),
                     reloads: served.reloads,
+                    origin: served.origin,
                     endpoints: served
                         .subscriptions
                         .iter()
@@ -697,6 +882,11 @@ impl Host {
             }
         }
     }
+}
+
+/// The first 12 hex digits of a content hash, as logs show it.
+fn short(content_hash: &str) -> &str {
+    &content_hash[..content_hash.len().min(12)]
 }
 
 /// The `*.wasm` files of `dir`, sorted.

@@ -5,10 +5,12 @@
 pub mod client;
 pub mod host;
 pub mod nats_server;
+pub mod up;
 
 pub use client::PhaseClient;
 pub use host::TestHost;
 pub use nats_server::{NatsCluster, NatsServer};
+pub use up::UpProcess;
 
 /// Paths of the guest components built by the build script.
 pub mod guests {

@@ -84,6 +84,26 @@ pub fn recorded_hash(metadata: &HashMap<String, String>) -> Option<&str> {
     metadata.get(meta::CONTENT_HASH).map(String::as_str)
 }
 
+/// The content hash (SHA-256, hex, as the host computes it) of an object:
+/// from the digest the object store records, else from push's metadata.
+pub fn content_hash_of(info: &jetstream::object_store::ObjectInfo) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let from_digest = info
+        .digest
+        .as_deref()
+        .and_then(|digest| digest.strip_prefix("SHA-256="))
+        .and_then(|encoded| {
+            URL_SAFE
+                .decode(encoded)
+                .or_else(|_| STANDARD.decode(encoded))
+                .ok()
+        })
+        .filter(|bytes| bytes.len() == 32)
+        .map(hex::encode);
+    from_digest.or_else(|| recorded_hash(&info.metadata).map(str::to_string))
+}
+
 /// Open bucket `bucket`, explaining the usual reasons it cannot be.
 pub async fn open(js: &jetstream::Context, bucket: &str) -> anyhow::Result<ObjectStore> {
     js.get_object_store(bucket)
@@ -127,9 +147,7 @@ pub fn explain(bucket: &str, error: anyhow::Error) -> anyhow::Error {
             "the NATS user may not use bucket `{bucket}`: it needs the JetStream API and `$O.{bucket}.>` subjects (see docs/connection.md): {error:#}"
         )
     } else if text.contains("invalid bucket name") || text.contains("invalidbucketname") {
-        anyhow!(
-            "`{bucket}` is not a valid bucket name: use letters, digits, `-` and `_`"
-        )
+        anyhow!("`{bucket}` is not a valid bucket name: use letters, digits, `-` and `_`")
     } else {
         error.context(format!("opening bucket `{bucket}`"))
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::bucket::source::BucketSource;
 use crate::config::HostConfig;
 use crate::nats::{self, EmbeddedServer, PermissionViolation};
 use crate::server::Host;
@@ -15,6 +16,7 @@ use crate::watch::DirectoryWatcher;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug up --plugins ./plugins
+  natsplug up --bucket plugins --nats nats://10.0.0.5:4222     # plugins pushed with `natsplug push`
   natsplug up --config natsplug.toml --nats nats://10.0.0.5:4222
   natsplug up --nats tls://a:4222,tls://b:4222 --nats-creds host.creds --nats-tls-ca ca.pem
   RUST_LOG=natsplug=debug natsplug up";
@@ -41,6 +43,10 @@ pub struct UpArgs {
     /// Worker threads running plugin code [default: one per core].
     #[arg(long, env = "NATSPLUG_WORKERS")]
     workers: Option<usize>,
+    /// Also serve the plugins of this JetStream object store bucket (see
+    /// `natsplug push`); a plugin in the directory wins over the bucket's.
+    #[arg(long, env = "NATSPLUG_BUCKET")]
+    bucket: Option<String>,
     /// Do not watch the plugins directory (immutable deployments).
     #[arg(long)]
     no_watch: bool,
@@ -79,6 +85,9 @@ impl UpArgs {
         if let Some(workers) = self.workers {
             config.runtime.workers = workers;
         }
+        if let Some(bucket) = &self.bucket {
+            config.plugins.bucket = Some(bucket.clone());
+        }
         if self.no_watch {
             config.plugins.watch = false;
         }
@@ -99,8 +108,19 @@ impl UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
-    // Check the directory before anything is started.
-    crate::server::wasm_files(&config.plugins.dir)?;
+    // Check the directory before anything is started. With a bucket, the
+    // directory is optional.
+    let use_directory = match crate::server::wasm_files(&config.plugins.dir) {
+        Ok(_) => true,
+        Err(_) if config.plugins.bucket.is_some() && !config.plugins.dir.exists() => {
+            tracing::info!(
+                dir = %config.plugins.dir.display(),
+                "no plugins directory; serving the bucket's plugins only"
+            );
+            false
+        }
+        Err(error) => return Err(error),
+    };
 
     let embedded = if config.nats.urls.is_empty() && !nats::is_listening(nats::LOCAL_ADDR) {
         Some(EmbeddedServer::start().await?)
@@ -116,7 +136,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("starting the host")?,
     );
-    let failures = host.load_directory().await?;
+    let mut failures = if use_directory {
+        host.load_directory().await?
+    } else {
+        Vec::new()
+    };
+    let bucket = match host.config().plugins.bucket.clone() {
+        Some(bucket) => {
+            let source = BucketSource::start(host.clone(), bucket).await;
+            failures.extend(
+                host.failures()
+                    .await
+                    .into_iter()
+                    .filter(|(_, failure)| failure.origin == crate::server::Origin::Bucket)
+                    .map(|(name, failure)| (PathBuf::from(name), anyhow::anyhow!(failure.error))),
+            );
+            Some(source)
+        }
+        None => None,
+    };
     // A subject the account may not subscribe to is a deployment error:
     // fail the start rather than serve part of the plugins.
     if let Some(violation) = failures
@@ -132,7 +170,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let address = address.parse().context("monitoring.listen")?;
         crate::monitor::serve(host.clone(), address).await?;
     }
-    let watcher = if host.config().plugins.watch {
+    let watcher = if host.config().plugins.watch && use_directory {
         let debounce = Duration::from_millis(host.config().plugins.debounce_ms);
         Some(DirectoryWatcher::start(host.clone(), debounce)?)
     } else {
@@ -149,7 +187,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         if failures.is_empty() {
             String::new()
         } else {
-            format!(", {} file(s) failed to load", failures.len())
+            format!(", {} plugin(s) failed to load", failures.len())
         }
     );
     for subject in &subjects {
@@ -175,6 +213,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     if let Some(watcher) = watcher {
         watcher.stop().await;
+    }
+    if let Some(bucket) = bucket {
+        bucket.stop().await;
     }
     host.shutdown().await?;
     if let Some(server) = embedded {

@@ -1,0 +1,453 @@
+//! A fleet of `natsplug up` processes serving the plugins of a JetStream
+//! object store bucket: pushes reach every host with no failed request, a
+//! broken push keeps the fleet on the previous version and `rollback`
+//! recovers it, a late host gets the current set, large components travel,
+//! the directory wins over the bucket, and read-only hosts still load.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use natsplug::protocol::{Action, PhaseReply};
+use natsplug_suite::client::request;
+use natsplug_suite::host::install_file;
+use natsplug_suite::up::{fleet_metadata, padded_component};
+use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, natsplug_binary};
+
+/// The two behaviours a plugin named `edge` switches between: the header
+/// injector lets the request through, authz refuses it (no token is
+/// configured for it on these hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Injects,
+    Refuses,
+}
+
+fn behaviour_of(reply: &PhaseReply) -> Behaviour {
+    match (reply.action, reply.status) {
+        (Action::Next, None) => Behaviour::Injects,
+        (Action::End, Some(403)) => Behaviour::Refuses,
+        other => panic!("unexpected reply {other:?}: {reply:?}"),
+    }
+}
+
+fn content_hash(path: &str) -> String {
+    natsplug::plugin::content_hash(&std::fs::read(path).unwrap())
+}
+
+/// Run the `natsplug` command line to completion.
+fn natsplug(args: &[&str]) -> Output {
+    std::process::Command::new(natsplug_binary())
+        .args(args)
+        .output()
+        .expect("running natsplug")
+}
+
+fn assert_success(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "natsplug failed: {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// `natsplug push FILE --name NAME` into bucket `plugins`, creating it.
+fn push(server: &NatsServer, file: &str, name: &str) -> String {
+    assert_success(&natsplug(&[
+        "push",
+        file,
+        "--name",
+        name,
+        "--create",
+        "--nats",
+        &server.url(),
+    ]))
+}
+
+/// A host serving bucket `plugins` (and an empty directory) on `server`.
+fn start_host(server: &NatsServer, plugins: &Path, cache: &Path) -> UpProcess {
+    UpProcess::start(&[
+        "--nats",
+        &server.url(),
+        "--bucket",
+        "plugins",
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+}
+
+/// Wait until every one of `hosts` hosts reports `value` for metadata
+/// `key` in `$SRV.INFO`; returns how long it took.
+async fn until_fleet_reports(
+    client: &async_nats::Client,
+    hosts: usize,
+    key: &str,
+    value: Option<&str>,
+) -> Duration {
+    let started = Instant::now();
+    let expected = vec![value.map(str::to_string); hosts];
+    loop {
+        let seen = fleet_metadata(client, key).await;
+        if seen == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the fleet did not converge on {key} = {value:?} within 30 s: {seen:?}"
+        );
+    }
+}
+
+async fn send_edge(client: &PhaseClient, id: &str) -> Result<PhaseReply, String> {
+    let payload = natsplug::protocol::encode_request(&request("request_filter", id, "GET", "/"));
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        client.client.request(
+            "nylon.plugin.edge.request_filter".to_string(),
+            payload.into(),
+        ),
+    )
+    .await
+    {
+        Ok(Ok(message)) => natsplug::protocol::decode_reply(&message.payload)
+            .map_err(|error| format!("undecodable reply: {error}")),
+        Ok(Err(error)) => Err(format!("request failed: {error}")),
+        Err(_) => Err("no reply within 5 s".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
+    let server = NatsServer::start_with_args(&["-js"]);
+    let nats = server.connect().await;
+    let client = PhaseClient::new(nats.clone());
+    let v1 = content_hash(guests::HEADER_INJECTOR);
+    let v2 = content_hash(guests::AUTHZ);
+
+    push(&server, guests::HEADER_INJECTOR, "edge");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let _hosts: Vec<UpProcess> = (0..3)
+        .map(|i| start_host(&server, dirs[i].path(), caches[i].path()))
+        .collect();
+    // Each host loaded the bucket's plugin before saying it was ready.
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1)).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.origin", Some("bucket")).await;
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "first").await.unwrap()),
+        Behaviour::Injects
+    );
+
+    // Push v2 while four clients send continuously.
+    let running = Arc::new(AtomicBool::new(true));
+    let switched = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let mut senders = Vec::new();
+    for sender in 0..4 {
+        let client = client.clone();
+        let running = running.clone();
+        let switched = switched.clone();
+        senders.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut index = 0;
+            while running.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let reply = send_edge(&client, &format!("{sender}-{index}")).await;
+                index += 1;
+                let converged = *switched.lock().unwrap();
+                seen.push((
+                    reply.map(|r| behaviour_of(&r)),
+                    converged.is_some_and(|at| sent > at),
+                ));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed = push(&server, guests::AUTHZ, "edge");
+    assert!(pushed.starts_with("pushed edge"), "{pushed}");
+    let took = until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
+    *switched.lock().unwrap() = Some(Instant::now());
+    eprintln!("all three hosts served the pushed version {took:?} after push returned");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for sender in senders {
+        results.extend(sender.await.unwrap());
+    }
+    let failures: Vec<_> = results.iter().filter(|(r, _)| r.is_err()).collect();
+    assert!(
+        failures.is_empty(),
+        "failed requests during the push: {failures:?}"
+    );
+    assert!(results.iter().any(|(r, _)| *r == Ok(Behaviour::Injects)));
+    assert!(results.iter().any(|(r, _)| *r == Ok(Behaviour::Refuses)));
+    let after: Vec<_> = results.iter().filter(|(_, after)| *after).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|(r, _)| *r == Ok(Behaviour::Refuses)),
+        "a host answered with v1 after the fleet reported v2"
+    );
+
+    let status = natsplug(&["status", "--nats", &server.url()]);
+    let text = assert_success(&status);
+    assert!(text.contains("3/3"), "{text}");
+
+    // A broken component put with a plain object store client (no
+    // validation): every host keeps serving v2 and says so.
+    let mut errors = nats.subscribe("logs.edge.error").await.unwrap();
+    nats.flush().await.unwrap();
+    let js = jetstream::new(nats.clone());
+    let store = js.get_object_store("plugins").await.unwrap();
+    let broken = b"\0asm\x0d\0\x01\0 this is not a component".to_vec();
+    let broken_hash = natsplug::plugin::content_hash(&broken);
+    store.put("edge", &mut broken.as_slice()).await.unwrap();
+    until_fleet_reports(&nats, 3, "plugin.edge.failed_hash", Some(&broken_hash)).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
+    for _ in 0..3 {
+        let record = tokio::time::timeout(Duration::from_secs(5), errors.next())
+            .await
+            .expect("a log record from every host")
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+        let message = record["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "plugin `edge` version {} from bucket `plugins` failed to load; the previous version keeps serving",
+                &broken_hash[..12]
+            )),
+            "{message}"
+        );
+    }
+    for index in 0..20 {
+        let reply = send_edge(&client, &format!("broken-{index}"))
+            .await
+            .unwrap();
+        assert_eq!(behaviour_of(&reply), Behaviour::Refuses);
+    }
+    let status = natsplug(&["status", "--nats", &server.url()]);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "status must fail while hosts lag the bucket"
+    );
+
+    // Rollback puts v2 back: the failure clears everywhere.
+    assert_success(&natsplug(&["rollback", "edge", "--nats", &server.url()]));
+    until_fleet_reports(&nats, 3, "plugin.edge.failed_hash", None).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
+    assert_success(&natsplug(&["status", "--nats", &server.url()]));
+
+    // Rolling back again walks back to v1.
+    assert_success(&natsplug(&["rollback", "edge", "--nats", &server.url()]));
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1)).await;
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "after-rollback").await.unwrap()),
+        Behaviour::Injects
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_host_gets_the_current_set_including_a_large_component() {
+    let server = NatsServer::start_with_args(&["-js"]);
+    let nats = server.connect().await;
+    let client = PhaseClient::new(nats.clone());
+    let files = tempfile::tempdir().unwrap();
+    // About 6 MB: several object store chunks.
+    let big = padded_component(&std::fs::read(guests::AUTHZ).unwrap(), 6 << 20);
+    let big_file = files.path().join("big.wasm");
+    std::fs::write(&big_file, &big).unwrap();
+
+    push(&server, guests::AUTHZ, "edge");
+    push(&server, guests::HEADER_INJECTOR, "edge");
+    push(&server, big_file.to_str().unwrap(), "big");
+
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(&server, plugins.path(), cache.path());
+    assert_eq!(
+        host.ready_lines,
+        vec![
+            "natsplug ready: 2 plugin(s), 2 subject(s), queue group `natsplug`".to_string(),
+            "  nylon.plugin.big.request_filter".to_string(),
+            "  nylon.plugin.edge.request_filter".to_string(),
+        ]
+    );
+    assert_eq!(
+        fleet_metadata(&nats, "plugin.big.hash").await,
+        vec![Some(natsplug::plugin::content_hash(&big))]
+    );
+    assert_eq!(
+        fleet_metadata(&nats, "plugin.edge.hash").await,
+        vec![Some(content_hash(guests::HEADER_INJECTOR))]
+    );
+    let reply = client
+        .send("big", &request("request_filter", "big-1", "GET", "/"))
+        .await;
+    assert_eq!(reply.status, Some(403));
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "late").await.unwrap()),
+        Behaviour::Injects
+    );
+
+    // `rm` takes a plugin off every host.
+    assert_success(&natsplug(&["rm", "big", "--nats", &server.url()]));
+    until_fleet_reports(&nats, 1, "plugin.big.hash", None).await;
+    let gone = nats
+        .request("nylon.plugin.big.request_filter", "".into())
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind(), async_nats::RequestErrorKind::NoResponders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
+    let server = NatsServer::start_with_args(&["-js"]);
+    let nats = server.connect().await;
+    let client = PhaseClient::new(nats.clone());
+    let js = jetstream::new(nats.clone());
+    let store = natsplug::bucket::create(&js, "plugins", 1).await.unwrap();
+    let authz = std::fs::read(guests::AUTHZ).unwrap();
+    store.put("edge", &mut authz.as_slice()).await.unwrap();
+
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let file = install_file(plugins.path(), "edge", guests::HEADER_INJECTOR);
+    let _host = start_host(&server, plugins.path(), cache.path());
+    assert_eq!(
+        fleet_metadata(&nats, "plugin.edge.origin").await,
+        vec![Some("directory".to_string())]
+    );
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "dir").await.unwrap()),
+        Behaviour::Injects
+    );
+    // A push to the bucket does not override the local file.
+    let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
+    let padded = padded_component(&authz, 10);
+    store.put("edge", &mut padded.as_slice()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fleet_metadata(&nats, "plugin.edge.hash").await,
+        vec![Some(natsplug::plugin::content_hash(&injector))]
+    );
+
+    // Without the file, the bucket's version serves.
+    std::fs::remove_file(&file).unwrap();
+    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("bucket")).await;
+    assert_eq!(
+        fleet_metadata(&nats, "plugin.edge.hash").await,
+        vec![Some(natsplug::plugin::content_hash(&padded))]
+    );
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "bucket").await.unwrap()),
+        Behaviour::Refuses
+    );
+}
+
+/// Server users: `host` may read the bucket but not write it; `deploy`
+/// may do anything. This is the set-up docs/connection.md describes.
+const PERMISSIONS: &str = r#"
+jetstream: enabled
+authorization {
+  users: [
+    {
+      user: host, password: host-secret
+      permissions: {
+        publish: {
+          deny: ["$O.plugins.>", "$JS.API.STREAM.CREATE.OBJ_plugins", "$JS.API.STREAM.UPDATE.OBJ_plugins",
+                 "$JS.API.STREAM.DELETE.OBJ_plugins", "$JS.API.STREAM.PURGE.OBJ_plugins",
+                 "$JS.API.STREAM.MSG.DELETE.OBJ_plugins"]
+        }
+      }
+    }
+    { user: deploy, password: deploy-secret }
+  ]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
+    let server = NatsServer::start_with_config(PERMISSIONS);
+    let url = server.url();
+    let deploy =
+        async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())
+            .connect(&url)
+            .await
+            .unwrap();
+    let js = jetstream::new(deploy.clone());
+    let store = natsplug::bucket::create(&js, "plugins", 1).await.unwrap();
+    let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
+    store.put("edge", &mut injector.as_slice()).await.unwrap();
+
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let host = UpProcess::start_with_env(
+        &[
+            "--nats",
+            &url,
+            "--bucket",
+            "plugins",
+            "--plugins",
+            plugins.path().to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &[
+            ("NATSPLUG_NATS_USER", "host"),
+            ("NATSPLUG_NATS_PASSWORD", "host-secret"),
+        ],
+    );
+    assert_eq!(
+        host.ready_lines[0],
+        "natsplug ready: 1 plugin(s), 1 subject(s), queue group `natsplug`"
+    );
+    let client = PhaseClient::new(deploy.clone());
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "ro-1").await.unwrap()),
+        Behaviour::Injects
+    );
+    let authz = std::fs::read(guests::AUTHZ).unwrap();
+    store.put("edge", &mut authz.as_slice()).await.unwrap();
+    until_fleet_reports(
+        &deploy,
+        1,
+        "plugin.edge.hash",
+        Some(&natsplug::plugin::content_hash(&authz)),
+    )
+    .await;
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "ro-2").await.unwrap()),
+        Behaviour::Refuses
+    );
+    // The host's user cannot write to the bucket.
+    let host_user =
+        async_nats::ConnectOptions::with_user_and_password("host".into(), "host-secret".into())
+            .connect(&url)
+            .await
+            .unwrap();
+    let host_js = jetstream::new(host_user);
+    let host_store = host_js.get_object_store("plugins").await.unwrap();
+    let put = tokio::time::timeout(
+        Duration::from_secs(15),
+        host_store.put("edge", &mut injector.as_slice()),
+    )
+    .await;
+    assert!(
+        !matches!(put, Ok(Ok(_))),
+        "the host user wrote to the bucket"
+    );
+    assert!(
+        !host.log().contains("Permissions Violation"),
+        "{}",
+        host.log()
+    );
+}

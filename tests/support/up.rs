@@ -1,0 +1,160 @@
+//! `natsplug up` as a real child process, for tests that run hosts the way
+//! users do; and what those tests ask every host over `$SRV.INFO`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+
+use crate::natsplug_binary;
+
+/// A running `natsplug up`, its ready lines, and its log file.
+pub struct UpProcess {
+    pub child: Child,
+    /// The ready line and the subject lines after it.
+    pub ready_lines: Vec<String>,
+    log: tempfile::NamedTempFile,
+}
+
+impl UpProcess {
+    /// Run `natsplug up ARGS` and wait for its ready line.
+    pub fn start(args: &[&str]) -> UpProcess {
+        UpProcess::start_with_env(args, &[])
+    }
+
+    /// [`UpProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> UpProcess {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let mut child = Command::new(natsplug_binary())
+            .arg("up")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().expect("the log file"))
+            .spawn()
+            .expect("starting natsplug up");
+        // The ready line says how many subject lines follow it.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let Some(Ok(ready)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "natsplug up exited before it was ready:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        };
+        let subjects: usize = ready
+            .split(", ")
+            .nth(1)
+            .and_then(|part| part.split(' ').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected ready line `{ready}`"));
+        let mut ready_lines = vec![ready];
+        for _ in 0..subjects {
+            ready_lines.push(lines.next().expect("a subject line").unwrap());
+        }
+        // Keep reading stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        UpProcess {
+            child,
+            ready_lines,
+            log,
+        }
+    }
+
+    /// What the host logged so far (its standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The path of the log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.path().to_path_buf()
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait up to 20 s for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natsplug did not exit within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every host's `$SRV.INFO` reply (as JSON) that arrives within `window`.
+pub async fn host_infos(client: &async_nats::Client, window: Duration) -> Vec<serde_json::Value> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.INFO.natsplug", inbox, "".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut infos = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        infos.push(serde_json::from_slice(&message.payload).expect("an INFO reply in JSON"));
+    }
+    infos
+}
+
+/// The metadata value `key` of every host answering `$SRV.INFO`, sorted
+/// (`None` for a host without it).
+pub async fn fleet_metadata(client: &async_nats::Client, key: &str) -> Vec<Option<String>> {
+    let mut values: Vec<Option<String>> = host_infos(client, Duration::from_millis(300))
+        .await
+        .iter()
+        .map(|info| info["metadata"][key].as_str().map(str::to_string))
+        .collect();
+    values.sort();
+    values
+}
+
+/// `component` with a custom section of `extra` bytes appended: a larger
+/// component that behaves the same (hosts ignore custom sections).
+pub fn padded_component(component: &[u8], extra: usize) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"natsplug-test-padding";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend((0..extra).map(|i| (i % 251) as u8));
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section id
+    leb128(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    bytes
+}
