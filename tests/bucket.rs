@@ -451,3 +451,46 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
         host.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_was_cut_off_catches_up_after_it_reconnects() {
+    // The server drops a client that misses a ping for about two seconds.
+    let server =
+        NatsServer::start_with_config("jetstream: enabled\nping_interval: \"1s\"\nping_max: 1\n");
+    let nats = server.connect().await;
+    let client = PhaseClient::new(nats.clone());
+    push(&server, guests::HEADER_INJECTOR, "edge");
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut host = start_host(&server, plugins.path(), cache.path());
+    let pid = host.child.id().to_string();
+
+    // Freeze the host until the server drops it, push meanwhile, thaw it.
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    push(&server, guests::AUTHZ, "edge");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let resume = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(resume.success());
+
+    until_fleet_reports(
+        &nats,
+        1,
+        "plugin.edge.hash",
+        Some(&content_hash(guests::AUTHZ)),
+    )
+    .await;
+    assert_eq!(
+        behaviour_of(&send_edge(&client, "caught-up").await.unwrap()),
+        Behaviour::Refuses
+    );
+    assert!(host.log().contains("reconnected to NATS"), "{}", host.log());
+    host.terminate();
+    assert!(host.wait_exit().success());
+}

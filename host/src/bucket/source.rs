@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::ObjectName;
 use crate::server::{Host, Origin, SyncOutcome};
 
+/// Plugins loaded side by side in a full pass over the bucket.
+const PARALLEL_LOADS: usize = 4;
+
 /// Longest wait between two attempts to open the bucket or its watch.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -181,11 +184,17 @@ impl Follower {
                 names.insert(name);
             }
         }
-        let syncs = names.iter().map(|name| async move {
-            if let Err(error) = sync_plugin(&self.host, store, name).await
-                && !is_load_failure(&error)
-            {
-                tracing::warn!(bucket = %self.bucket, plugin = %name, "could not read plugin `{name}` from bucket `{}`: {error:#}", self.bucket);
+        // A few at a time: each may compile a component.
+        let permits = tokio::sync::Semaphore::new(PARALLEL_LOADS);
+        let syncs = names.iter().map(|name| {
+            let permits = &permits;
+            async move {
+                let _permit = permits.acquire().await;
+                if let Err(error) = sync_plugin(&self.host, store, name).await
+                    && !is_load_failure(&error)
+                {
+                    tracing::warn!(bucket = %self.bucket, plugin = %name, "could not read plugin `{name}` from bucket `{}`: {error:#}", self.bucket);
+                }
             }
         });
         futures::future::join_all(syncs).await;
