@@ -36,13 +36,14 @@ async fn time_rollout(server: &NatsServer, client: &async_nats::Client, file: &P
     let hash = natsplug::plugin::content_hash(&std::fs::read(file).unwrap());
     let expected = vec![Some(hash); HOSTS];
     loop {
-        if fleet_metadata(client, "plugin.probe.hash").await == expected {
+        if fleet_metadata(client, HOSTS, "plugin.probe.hash").await == expected {
             return pushed.elapsed();
         }
         assert!(
             pushed.elapsed() < Duration::from_secs(300),
             "the fleet never served the new version"
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

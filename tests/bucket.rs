@@ -96,7 +96,7 @@ async fn until_fleet_reports(
     let started = Instant::now();
     let expected = vec![value.map(str::to_string); hosts];
     loop {
-        let seen = fleet_metadata(client, key).await;
+        let seen = fleet_metadata(client, hosts, key).await;
         if seen == expected {
             return started.elapsed();
         }
@@ -104,6 +104,7 @@ async fn until_fleet_reports(
             started.elapsed() < Duration::from_secs(30),
             "the fleet did not converge on {key} = {value:?} within 30 s: {seen:?}"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -282,11 +283,11 @@ async fn a_late_host_gets_the_current_set_including_a_large_component() {
         ]
     );
     assert_eq!(
-        fleet_metadata(&nats, "plugin.big.hash").await,
+        fleet_metadata(&nats, 1, "plugin.big.hash").await,
         vec![Some(natsplug::plugin::content_hash(&big))]
     );
     assert_eq!(
-        fleet_metadata(&nats, "plugin.edge.hash").await,
+        fleet_metadata(&nats, 1, "plugin.edge.hash").await,
         vec![Some(content_hash(guests::HEADER_INJECTOR))]
     );
     let reply = client
@@ -323,7 +324,7 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     let file = install_file(plugins.path(), "edge", guests::HEADER_INJECTOR);
     let _host = start_host(&server, plugins.path(), cache.path());
     assert_eq!(
-        fleet_metadata(&nats, "plugin.edge.origin").await,
+        fleet_metadata(&nats, 1, "plugin.edge.origin").await,
         vec![Some("directory".to_string())]
     );
     assert_eq!(
@@ -336,7 +337,7 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     store.put("edge", &mut padded.as_slice()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        fleet_metadata(&nats, "plugin.edge.hash").await,
+        fleet_metadata(&nats, 1, "plugin.edge.hash").await,
         vec![Some(natsplug::plugin::content_hash(&injector))]
     );
 
@@ -344,7 +345,7 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     std::fs::remove_file(&file).unwrap();
     until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("bucket")).await;
     assert_eq!(
-        fleet_metadata(&nats, "plugin.edge.hash").await,
+        fleet_metadata(&nats, 1, "plugin.edge.hash").await,
         vec![Some(natsplug::plugin::content_hash(&padded))]
     );
     assert_eq!(

@@ -104,8 +104,13 @@ impl Drop for UpProcess {
     }
 }
 
-/// Every host's `$SRV.INFO` reply (as JSON) that arrives within `window`.
-pub async fn host_infos(client: &async_nats::Client, window: Duration) -> Vec<serde_json::Value> {
+/// The `$SRV.INFO` replies (as JSON) of the hosts answering within
+/// `window`; returns early once `hosts` replies are in.
+pub async fn host_infos(
+    client: &async_nats::Client,
+    hosts: usize,
+    window: Duration,
+) -> Vec<serde_json::Value> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
     client
@@ -115,16 +120,23 @@ pub async fn host_infos(client: &async_nats::Client, window: Duration) -> Vec<se
     client.flush().await.unwrap();
     let mut infos = Vec::new();
     let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+    while infos.len() < hosts
+        && let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await
+    {
         infos.push(serde_json::from_slice(&message.payload).expect("an INFO reply in JSON"));
     }
     infos
 }
 
-/// The metadata value `key` of every host answering `$SRV.INFO`, sorted
-/// (`None` for a host without it).
-pub async fn fleet_metadata(client: &async_nats::Client, key: &str) -> Vec<Option<String>> {
-    let mut values: Vec<Option<String>> = host_infos(client, Duration::from_millis(300))
+/// The metadata value `key` of each of the `hosts` hosts answering
+/// `$SRV.INFO`, sorted (`None` for a host without it). Fewer values mean
+/// fewer hosts answered within a second.
+pub async fn fleet_metadata(
+    client: &async_nats::Client,
+    hosts: usize,
+    key: &str,
+) -> Vec<Option<String>> {
+    let mut values: Vec<Option<String>> = host_infos(client, hosts, Duration::from_secs(1))
         .await
         .iter()
         .map(|info| info["metadata"][key].as_str().map(str::to_string))
