@@ -15,8 +15,9 @@ use futures::StreamExt as _;
 use natsplug::protocol::{Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
+use natsplug_suite::nats_server::free_port;
 use natsplug_suite::up::{fleet_metadata, padded_component};
-use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, natsplug_binary};
+use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, http_get, natsplug_binary};
 
 /// The two behaviours a plugin named `edge` switches between: the header
 /// injector lets the request through, authz refuses it (no token is
@@ -73,16 +74,23 @@ fn push(server: &NatsServer, file: &str, name: &str) -> String {
 
 /// A host serving bucket `plugins` (and an empty directory) on `server`.
 fn start_host(server: &NatsServer, plugins: &Path, cache: &Path) -> UpProcess {
-    UpProcess::start(&[
+    start_host_with(server, plugins, cache, &[])
+}
+
+fn start_host_with(server: &NatsServer, plugins: &Path, cache: &Path, extra: &[&str]) -> UpProcess {
+    let url = server.url();
+    let mut args = vec![
         "--nats",
-        &server.url(),
+        url.as_str(),
         "--bucket",
         "plugins",
         "--plugins",
         plugins.to_str().unwrap(),
         "--cache-dir",
         cache.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    UpProcess::start(&args)
 }
 
 /// Wait until every one of `hosts` hosts reports `value` for metadata
@@ -137,8 +145,18 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     push(&server, guests::HEADER_INJECTOR, "edge");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The first host also serves /metrics and /readyz.
+    let monitor: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let monitor_arg = monitor.to_string();
     let _hosts: Vec<UpProcess> = (0..3)
-        .map(|i| start_host(&server, dirs[i].path(), caches[i].path()))
+        .map(|i| {
+            let extra: &[&str] = if i == 0 {
+                &["--monitor", &monitor_arg]
+            } else {
+                &[]
+            };
+            start_host_with(&server, dirs[i].path(), caches[i].path(), extra)
+        })
         .collect();
     // Each host loaded the bucket's plugin before saying it was ready.
     until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1)).await;
@@ -234,6 +252,19 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
             .unwrap();
         assert_eq!(behaviour_of(&reply), Behaviour::Refuses);
     }
+    let (_, metrics) = http_get(monitor, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "natsplug_plugin_load_failed{{plugin=\"edge\",content_hash=\"{broken_hash}\",origin=\"bucket\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("content_hash=\"{v2}\",origin=\"bucket\"}} 1")),
+        "{metrics}"
+    );
+    let (ready, why) = http_get(monitor, "/readyz");
+    assert_eq!(ready, 503, "{why}");
     let status = natsplug(&["status", "--nats", &server.url()]);
     assert_eq!(
         status.status.code(),

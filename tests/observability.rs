@@ -2,13 +2,13 @@
 //! batched, bounded, durable), NATS service discovery, and the HTTP
 //! monitoring endpoint.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use natsplug::config::LogFormat;
 use natsplug::protocol::{Action, HttpResponse, encode_request};
 use natsplug_suite::client::request;
+use natsplug_suite::http_get;
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
 use serde_json::Value;
 
@@ -474,23 +474,6 @@ async fn service_discovery_answers_ping_info_and_stats() {
     assert!(endpoint["processing_time"].as_u64().unwrap() > 0);
     assert!(stats["started"].as_str().unwrap().ends_with('Z'));
     host.host.shutdown().await.unwrap();
-}
-
-fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
