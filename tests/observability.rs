@@ -514,7 +514,7 @@ async fn the_monitoring_endpoint_serves_health_readiness_and_metrics() {
         "natsplug_errors_total{plugin=\"header-injector\",phase=\"request_filter\",code=\"400\"} 1".to_string(),
         "natsplug_errors_total{plugin=\"header-injector\",phase=\"request_filter\",code=\"500\"} 0".to_string(),
         "natsplug_request_duration_seconds_count{plugin=\"header-injector\",phase=\"request_filter\"} 5".to_string(),
-        format!("natsplug_plugin_info{{plugin=\"header-injector\",version=\"1.0.0\",content_hash=\"{hash}\"}} 1"),
+        format!("natsplug_plugin_info{{plugin=\"header-injector\",version=\"1.0.0\",content_hash=\"{hash}\",origin=\"directory\"}} 1"),
         "natsplug_plugin_reloads_total{plugin=\"header-injector\"} 0".to_string(),
         "natsplug_in_flight 0".to_string(),
         "natsplug_nats_connected 1".to_string(),
