@@ -552,7 +552,14 @@ async fn the_monitoring_endpoint_serves_health_readiness_and_metrics() {
     );
     let (status, body) = get("/readyz").await.unwrap();
     assert_eq!(status, 503);
-    assert!(body.starts_with("not ready: plugin `broken` failed to load: `broken` is not a valid WebAssembly component"), "{body}");
+    let hash = natsplug::plugin::content_hash(b"not wasm");
+    assert!(
+        body.starts_with(&format!(
+            "not ready: plugin `broken` (version {} from the directory) failed to load: `broken` is not a valid WebAssembly component",
+            &hash[..12]
+        )),
+        "{body}"
+    );
     std::fs::remove_file(host.plugins_dir().join("broken.wasm")).unwrap();
     host.host
         .sync_file(&host.plugins_dir().join("broken.wasm"))
