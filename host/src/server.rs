@@ -356,7 +356,7 @@ impl Host {
     pub async fn load_directory(&self) -> anyhow::Result<Vec<(PathBuf, anyhow::Error)>> {
         let dir = self.config.plugins.dir.clone();
         let files = wasm_files(&dir)?;
-        if files.is_empty() {
+        if files.is_empty() && self.config.plugins.bucket.is_none() {
             tracing::warn!(dir = %dir.display(), "no .wasm plugins in the plugins directory yet");
         }
         let mut failures = Vec::new();
