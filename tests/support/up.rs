@@ -123,6 +123,10 @@ pub async fn host_infos(
     while infos.len() < hosts
         && let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await
     {
+        // No host listening: the server answers "no responders" (empty).
+        if message.payload.is_empty() {
+            break;
+        }
         infos.push(serde_json::from_slice(&message.payload).expect("an INFO reply in JSON"));
     }
     infos

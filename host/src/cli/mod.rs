@@ -4,12 +4,14 @@
 mod bench;
 mod call;
 mod connection;
+mod deploy;
 mod inspect;
 mod invoke;
 mod local;
 mod new;
 mod reply;
 mod request_file;
+mod status;
 mod up;
 
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ pub const EXAMPLES: &str = "Examples:
   natsplug up --plugins ./plugins                            # serve a directory
   natsplug call rate-limiter request_filter --path /x        # one request over NATS
   natsplug bench rate-limiter request_filter --duration 30s  # load test
+  natsplug push rate_limiter.wasm --create                   # deploy to every host serving the bucket
+  natsplug status                                            # which host serves which version
 
 Every subcommand has its own --help with examples.";
 
@@ -54,6 +58,21 @@ enum Command {
     /// Load-test a plugin phase over NATS: throughput and latency percentiles.
     #[command(after_help = with_request_format(bench::EXAMPLES))]
     Bench(bench::BenchArgs),
+    /// Check a component and put it into the plugins bucket: every host serving the bucket loads it.
+    #[command(after_help = deploy::PUSH_EXAMPLES)]
+    Push(deploy::PushArgs),
+    /// List the plugins in the bucket, with versions and hashes.
+    #[command(after_help = deploy::LS_EXAMPLES)]
+    Ls(deploy::LsArgs),
+    /// Remove a plugin from the bucket (and so from every host serving it).
+    #[command(after_help = deploy::RM_EXAMPLES)]
+    Rm(deploy::RmArgs),
+    /// Put the previous version of a plugin back into the bucket.
+    #[command(after_help = deploy::ROLLBACK_EXAMPLES)]
+    Rollback(deploy::RollbackArgs),
+    /// Which hosts serve which version of each plugin, against the bucket.
+    #[command(after_help = status::EXAMPLES)]
+    Status(status::StatusArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and exit code 1.
@@ -83,6 +102,11 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::New(args) => new::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Push(args) => deploy::push(args).await,
+            Command::Ls(args) => deploy::ls(args).await,
+            Command::Rm(args) => deploy::rm(args).await,
+            Command::Rollback(args) => deploy::rollback(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {
