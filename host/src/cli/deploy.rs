@@ -81,7 +81,7 @@ impl BucketArgs {
         };
         self.nats.apply(&mut config);
         // A command fails rather than waiting forever for a server.
-        config.max_reconnects = config.max_reconnects.max(1).min(5);
+        config.max_reconnects = config.max_reconnects.clamp(1, 5);
         let NatsConnection { client, monitor } = crate::nats::connect_with(&config).await?;
         Ok(Connected {
             js: jetstream::new(client.clone()),
@@ -166,10 +166,9 @@ where
     tokio::select! {
         result = write => result.map_err(|e| bucket::explain(bucket_name, anyhow::Error::new(e)).context(what.to_string())),
         violation = refused => bail!(
-            "not allowed to write to bucket `{bucket_name}`: the NATS user{} lacks publish permission on `{}` (the server said: {}). Writing to the bucket is the right to deploy; use the deploy user's credentials",
+            "not allowed to write to bucket `{bucket_name}`: the NATS user{} lacks publish permission on `$O.{bucket_name}.>` (the server refused `{}`). Writing to the bucket is the right to deploy; use the deploy user's credentials",
             connected.nats_user.as_deref().map(|u| format!(" `{u}`")).unwrap_or_default(),
-            violation.subject,
-            violation.server_message
+            violation.subject
         ),
     }
 }
@@ -503,7 +502,8 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
     let inventory = Inventory::read(&store, bucket_name).await?;
     let history = inventory.history_of(&args.name);
     let current = inventory.current.contains_key(&args.name);
-    if !current && !(args.purge && !history.is_empty()) {
+    let purgeable = args.purge && !history.is_empty();
+    if !current && !purgeable {
         bail!(
             "bucket `{bucket_name}` has no plugin `{}` (see `natsplug ls`)",
             args.name

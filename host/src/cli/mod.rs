@@ -82,6 +82,12 @@ pub fn main() -> ExitCode {
     // warnings) unless RUST_LOG asks for more.
     init_tracing(match cli.command {
         Command::Up(_) => "info,wasmtime=warn,cranelift=warn",
+        // The deploy commands report refusals in their own error message.
+        Command::Push(_)
+        | Command::Ls(_)
+        | Command::Rm(_)
+        | Command::Rollback(_)
+        | Command::Status(_) => "warn,natsplug::nats=off",
         _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
