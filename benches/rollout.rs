@@ -18,20 +18,7 @@ const HOSTS: usize = 3;
 /// Push `file` as plugin `probe` and return how long after `push` returned
 /// every host served it.
 async fn time_rollout(server: &NatsServer, client: &async_nats::Client, file: &Path) -> Duration {
-    let status = std::process::Command::new(natsplug_binary())
-        .args([
-            "push",
-            "--name",
-            "probe",
-            "--create",
-            "--nats",
-            &server.url(),
-        ])
-        .arg(file)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("running natsplug push");
-    assert!(status.success(), "natsplug push failed");
+    push(server, file);
     let pushed = Instant::now();
     let hash = natsplug::plugin::content_hash(&std::fs::read(file).unwrap());
     let expected = vec![Some(hash); HOSTS];
@@ -47,6 +34,24 @@ async fn time_rollout(server: &NatsServer, client: &async_nats::Client, file: &P
     }
 }
 
+/// `natsplug push FILE --name probe`, creating the bucket.
+fn push(server: &NatsServer, file: &Path) {
+    let status = std::process::Command::new(natsplug_binary())
+        .args([
+            "push",
+            "--name",
+            "probe",
+            "--create",
+            "--nats",
+            &server.url(),
+        ])
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running natsplug push");
+    assert!(status.success(), "natsplug push failed");
+}
+
 fn polyglot(name: &str) -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/guests/polyglot")
@@ -59,7 +64,7 @@ async fn main() {
     let server = NatsServer::start_with_args(&["-js"]);
     let client = server.connect().await;
     let baseline = PathBuf::from(guests::HEADER_INJECTOR);
-    time_rollout(&server, &client, &baseline).await;
+    push(&server, &baseline);
 
     let dirs: Vec<_> = (0..HOSTS * 2)
         .map(|_| tempfile::tempdir().unwrap())
