@@ -657,12 +657,16 @@ fn sigkill_of_one_of_two_hosts_leaves_the_other_serving_all_requests() {
 
     runtime.block_on(async {
         let client = server.connect().await;
+        // Both hosts take requests (within a bound, on a busy machine).
         let mut before = BTreeMap::<String, usize>::new();
-        for index in 0..100 {
+        for index in 0..1000 {
             let reply = request_once(&client, SUBJECT, &format!("before-{index}"))
                 .await
                 .expect("both hosts serve");
             *before.entry(answered_by(&reply)).or_default() += 1;
+            if index >= 100 && before.len() == 2 {
+                break;
+            }
         }
         assert_eq!(before.len(), 2, "both hosts take requests: {before:?}");
 

@@ -214,7 +214,8 @@ async fn a_broken_file_leaves_the_working_version_serving_until_fixed() {
     };
     assert_eq!(failure.plugin, "gate");
     assert!(
-        failure.message.starts_with("plugin `gate` failed to load; the previous version keeps serving: `gate` is not a valid WebAssembly component"),
+        failure.message.starts_with("plugin `gate` version ")
+            && failure.message.contains(" from the plugins directory failed to load; the previous version keeps serving: `gate` is not a valid WebAssembly component"),
         "{}",
         failure.message
     );
