@@ -20,7 +20,7 @@ use super::connection::NatsArgs;
 use super::local;
 use crate::bucket::{self, ObjectName, meta};
 use crate::config::{HostConfig, NatsConfig};
-use crate::nats::{ConnectionMonitor, NatsConnection, PermissionViolation};
+use crate::nats::{ConnectionMonitor, NatsConnection, PermissionOperation, PermissionViolation};
 
 pub const PUSH_EXAMPLES: &str = "Examples:
   natsplug push target/wasm32-wasip2/release/authz.wasm --create
@@ -152,7 +152,9 @@ where
         loop {
             match errors.recv().await {
                 Ok(message) => {
-                    if let Some(violation) = PermissionViolation::parse(&message) {
+                    if let Some(violation) = PermissionViolation::parse(&message)
+                        && violation.operation == PermissionOperation::Publish
+                    {
                         return violation;
                     }
                 }
@@ -165,12 +167,24 @@ where
     };
     tokio::select! {
         result = write => result.map_err(|e| bucket::explain(bucket_name, anyhow::Error::new(e)).context(what.to_string())),
-        violation = refused => bail!(
-            "not allowed to write to bucket `{bucket_name}`: the NATS user{} lacks publish permission on `$O.{bucket_name}.>` (the server refused `{}`). Writing to the bucket is the right to deploy; use the deploy user's credentials",
-            connected.nats_user.as_deref().map(|u| format!(" `{u}`")).unwrap_or_default(),
-            violation.subject
-        ),
+        violation = refused => Err(refusal(bucket_name, connected.nats_user.as_deref(), &violation.subject)),
     }
+}
+
+/// The error for a write to bucket `bucket_name` that the server refused
+/// on `subject`: the bucket's own subjects, or a JetStream API subject
+/// (purging a deleted object's chunks, say).
+fn refusal(bucket_name: &str, nats_user: Option<&str>, subject: &str) -> anyhow::Error {
+    let user = nats_user.map(|u| format!(" `{u}`")).unwrap_or_default();
+    let bucket_subjects = format!("$O.{bucket_name}.>");
+    let missing = if subject.starts_with(&bucket_subjects[..bucket_subjects.len() - 1]) {
+        bucket_subjects
+    } else {
+        subject.to_string()
+    };
+    anyhow::anyhow!(
+        "not allowed to write to bucket `{bucket_name}`: the NATS user{user} lacks publish permission on `{missing}` (the server refused `{subject}`). Writing to the bucket is the right to deploy; use the deploy user's credentials"
+    )
 }
 
 /// Put `bytes` as object `name` with `metadata`.
@@ -632,6 +646,28 @@ mod tests {
 
     fn target(history: &[(u64, ObjectInfo)], current: Option<&str>) -> Option<u64> {
         rollback_target(history, current).map(|(sequence, _)| *sequence)
+    }
+
+    #[test]
+    fn a_refusal_names_the_permission_that_is_missing() {
+        let message = |subject: &str| refusal("plugins", Some("host"), subject).to_string();
+        assert_eq!(
+            message("$O.plugins.C.abc"),
+            "not allowed to write to bucket `plugins`: the NATS user `host` lacks publish permission on `$O.plugins.>` (the server refused `$O.plugins.C.abc`). Writing to the bucket is the right to deploy; use the deploy user's credentials"
+        );
+        assert!(message("$JS.API.STREAM.PURGE.OBJ_plugins").contains(
+            "lacks publish permission on `$JS.API.STREAM.PURGE.OBJ_plugins` (the server refused"
+        ));
+        // Another bucket's subjects are not this bucket's.
+        assert!(
+            message("$O.plugins-staging.C.abc")
+                .contains("lacks publish permission on `$O.plugins-staging.C.abc`")
+        );
+        assert!(
+            refusal("plugins", None, "$O.plugins.M.x")
+                .to_string()
+                .contains("the NATS user lacks publish permission on `$O.plugins.>`")
+        );
     }
 
     #[test]

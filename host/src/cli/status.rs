@@ -18,8 +18,8 @@ pub const EXAMPLES: &str = "Examples:
   natsplug push authz.wasm && until natsplug status >/dev/null; do sleep 1; done
 
 The exit status is 0 when every host that serves (or failed to load) a
-plugin serves the bucket's current version of it, and 1 otherwise or when
-no host answers.";
+plugin serves the bucket's current version of it, and every host following
+the bucket serves each of its plugins; 1 otherwise, or when no host answers.";
 
 /// Flags of `status`.
 #[derive(Debug, Args)]
@@ -55,9 +55,9 @@ struct PluginView {
 }
 
 impl PluginView {
-    /// Every host that knows the plugin serves the bucket's version and
-    /// failed on nothing; a plugin the bucket lacks is converged when no
-    /// host serves it from the bucket.
+    /// Every host that knows the plugin (or follows the bucket holding
+    /// it) serves the bucket's version and failed on nothing; a plugin the
+    /// bucket lacks is converged when no host serves it from the bucket.
     fn converged(&self) -> bool {
         match &self.bucket_hash {
             Some(hash) => self
@@ -68,6 +68,19 @@ impl PluginView {
                 .hosts
                 .iter()
                 .all(|h| h.origin.as_deref() == Some("directory") && h.failed.is_none()),
+        }
+    }
+
+    /// Count each of `followers` (hosts following the bucket) that does
+    /// not report the plugin at all: it has yet to load it.
+    fn add_missing(&mut self, followers: &[String]) {
+        for follower in followers {
+            if !self.hosts.iter().any(|h| &h.host == follower) {
+                self.hosts.push(HostView {
+                    host: follower.clone(),
+                    ..HostView::default()
+                });
+            }
         }
     }
 
@@ -89,10 +102,21 @@ impl PluginView {
                 ));
             }
             _ => {
-                for (hash, count) in &counts {
+                // Most hosts first.
+                let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+                counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                for (hash, count) in counts {
                     parts.push(format!("{count} on {}", short(hash)));
                 }
             }
+        }
+        let without = self
+            .hosts
+            .iter()
+            .filter(|h| h.served.is_none() && h.failed.is_none())
+            .count();
+        if without > 0 {
+            parts.push(format!("{without} following the bucket without it"));
         }
         for host in &self.hosts {
             if let Some((hash, error)) = &host.failed {
@@ -133,6 +157,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Some(format!("{error:#}")),
     };
+    // Hosts that follow this bucket, which should serve all of it.
+    let mut followers = Vec::new();
     for info in &infos {
         let metadata = info["metadata"].as_object().cloned().unwrap_or_default();
         let host = format!(
@@ -167,6 +193,14 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 }),
             };
             plugins.entry(name).or_default().hosts.push(view);
+        }
+        if metadata.get("bucket").and_then(Value::as_str) == Some(bucket_name.as_str()) {
+            followers.push(host);
+        }
+    }
+    for view in plugins.values_mut() {
+        if view.bucket_hash.is_some() {
+            view.add_missing(&followers);
         }
     }
     let converged = !infos.is_empty() && plugins.values().all(PluginView::converged);
@@ -255,4 +289,50 @@ async fn collect_infos(
         }
     }
     Ok(infos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving(host: &str, hash: &str) -> HostView {
+        HostView {
+            host: host.into(),
+            served: Some(hash.into()),
+            origin: Some("bucket".into()),
+            failed: None,
+        }
+    }
+
+    fn plugin(hosts: Vec<HostView>) -> PluginView {
+        PluginView {
+            bucket_hash: Some("aaaa".into()),
+            bucket_version: None,
+            hosts,
+        }
+    }
+
+    #[test]
+    fn a_follower_without_the_plugin_is_not_converged() {
+        let mut view = plugin(vec![serving("a", "aaaa")]);
+        assert!(view.converged());
+        view.add_missing(&["a".to_string(), "b".to_string()]);
+        assert!(!view.converged());
+        assert_eq!(
+            view.summary(),
+            "1/2 hosts on aaaa; 1 following the bucket without it"
+        );
+    }
+
+    #[test]
+    fn hosts_on_other_versions_and_failures_are_listed() {
+        let mut failed = serving("c", "bbbb");
+        failed.failed = Some(("cccc".into(), "no describe export".into()));
+        let view = plugin(vec![serving("a", "aaaa"), serving("b", "bbbb"), failed]);
+        assert!(!view.converged());
+        assert_eq!(
+            view.summary(),
+            "2 on bbbb; 1 on aaaa; c failed to load cccc: no describe export"
+        );
+    }
 }
