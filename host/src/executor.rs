@@ -66,6 +66,8 @@ struct Queues {
     /// Plugins with a job waiting and room to run it, in turn order.
     ready: VecDeque<String>,
     stopping: bool,
+    /// Workers waiting for a job: only then is there anyone to wake.
+    idle: usize,
 }
 
 struct Scheduler {
@@ -77,6 +79,15 @@ struct Scheduler {
 impl Scheduler {
     fn lock(&self) -> MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake a waiting worker, if any: a notification is a system call even
+    /// when nobody waits, and busy workers look at the queues anyway before
+    /// they wait.
+    fn wake_one(&self, queues: &Queues) {
+        if queues.idle > 0 {
+            self.work.notify_one();
+        }
     }
 
     fn cap(&self, plugin: &LoadedPlugin) -> usize {
@@ -101,7 +112,7 @@ impl Scheduler {
         if !queue.ready && queue.running < cap {
             queue.ready = true;
             ready.push_back(queue.jobs[0].plugin.name.clone());
-            self.work.notify_one();
+            self.wake_one(&queues);
         }
     }
 
@@ -124,18 +135,20 @@ impl Scheduler {
                 if !queue.jobs.is_empty() && queue.running < self.cap(&job.plugin) {
                     queue.ready = true;
                     ready.push_back(name);
-                    self.work.notify_one();
+                    self.wake_one(&queues);
                 }
                 return Ok(Some(job));
             }
             if queues.stopping {
                 return Ok(None);
             }
+            queues.idle += 1;
             let (guard, timeout) = self
                 .work
                 .wait_timeout(queues, SWEEP_INTERVAL)
                 .unwrap_or_else(|e| e.into_inner());
             queues = guard;
+            queues.idle -= 1;
             if timeout.timed_out() && queues.ready.is_empty() {
                 return Err(());
             }
@@ -155,7 +168,7 @@ impl Scheduler {
             } else if !queue.ready && queue.running < cap {
                 queue.ready = true;
                 ready.push_back(plugin.name.clone());
-                self.work.notify_one();
+                self.wake_one(&queues);
             }
         }
     }
@@ -255,10 +268,17 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
                 .and_then(|(_, values)| values.first().map(|v| v.as_str().to_string()))
         })
         .and_then(|v| trace_id_of(&v));
-    let slot = warm.entry(plugin.name.clone()).or_insert_with(|| WarmSlot {
-        plugin: Weak::new(),
-        instance: None,
-    });
+    // Look up before inserting: the common case needs no copy of the name.
+    if !warm.contains_key(&plugin.name) {
+        let empty = WarmSlot {
+            plugin: Weak::new(),
+            instance: None,
+        };
+        warm.insert(plugin.name.clone(), empty);
+    }
+    let Some(slot) = warm.get_mut(&plugin.name) else {
+        unreachable!("the slot was just inserted")
+    };
     slot.plugin = Arc::downgrade(&plugin);
     let was_warm = slot.instance.is_some();
     let mut outcome = dispatch::run(

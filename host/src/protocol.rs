@@ -281,7 +281,38 @@ pub fn encode_request(request: &PhaseRequest) -> Vec<u8> {
 
 /// Encode a reply.
 pub fn encode_reply(reply: &PhaseReply) -> Vec<u8> {
-    rmp_serde::to_vec_named(reply).expect("phase replies always serialize")
+    // Sized up front: growing the buffer field by field costs more than
+    // the encoding itself.
+    let mut buffer = Vec::with_capacity(reply_size_hint(reply));
+    rmp_serde::encode::write_named(&mut buffer, reply).expect("phase replies always serialize");
+    buffer
+}
+
+/// A bound, give or take a few bytes, on the encoded size of `reply`.
+fn reply_size_hint(reply: &PhaseReply) -> usize {
+    // Field names, markers and lengths of each value.
+    const FIELD: usize = 24;
+    let mutations = |m: &Option<HeaderMutations>| {
+        m.as_ref().map_or(0, |m| {
+            2 * FIELD
+                + m.set
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 12)
+                    .sum::<usize>()
+                + m.remove.iter().map(|n| n.len() + 6).sum::<usize>()
+        })
+    };
+    let text = |t: &Option<String>| t.as_ref().map_or(0, |t| FIELD + t.len());
+    let bytes = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, |b| FIELD + b.len());
+    3 * FIELD
+        + reply.request_id.len()
+        + mutations(&reply.request_headers)
+        + mutations(&reply.response_headers)
+        + reply.status.map_or(0, |_| FIELD)
+        + bytes(&reply.body)
+        + text(&reply.error)
+        + text(&reply.path)
+        + bytes(&reply.state)
 }
 
 /// Decode a reply (for callers and tests).
@@ -374,6 +405,30 @@ mod tests {
         // fixstr "action" followed by fixstr "error".
         let needle = b"\xa6action\xa5error";
         assert!(bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn the_size_hint_covers_the_encoding() {
+        let long = "v".repeat(300);
+        let full = PhaseReply {
+            action: Action::End,
+            request_headers: Some(HeaderMutations {
+                set: vec![("x-a".into(), long.clone()), ("b".into(), String::new())],
+                remove: vec!["c".into(), long.clone()],
+            }),
+            response_headers: Some(HeaderMutations::default()),
+            status: Some(65535),
+            body: Some(vec![0; 70_000]),
+            error: Some(long.clone()),
+            path: Some(format!("/{long}")),
+            state: Some(vec![1; 300]),
+            ..PhaseReply::next(long.clone())
+        };
+        for reply in [PhaseReply::next(""), PhaseReply::error("r", "boom"), full] {
+            let encoded = rmp_serde::to_vec_named(&reply).unwrap();
+            assert!(reply_size_hint(&reply) >= encoded.len());
+            assert_eq!(encode_reply(&reply), encoded);
+        }
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn main() -> ExitCode {
         _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(async_threads(&cli.command))
         .enable_all()
         .build()
     {
@@ -121,6 +122,19 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Threads of the async runtime. `up` runs plugin code on its own worker
+/// threads (one per core by default), so its async side only moves
+/// messages: one thread per four cores, at least one, leaves the cores to
+/// the workers and spares waking a second thread for every message. The
+/// other commands keep one per core.
+fn async_threads(command: &Command) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match command {
+        Command::Up(_) => (cores / 4).max(1),
+        _ => cores,
     }
 }
 
