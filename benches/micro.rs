@@ -1,17 +1,23 @@
 //! Micro benchmarks: protocol decode+encode, a call into a warm instance,
-//! and instantiate+call on a fresh instance.
+//! and instantiate+call on a fresh instance, for the Rust header injector
+//! and authorizer and, when built, the JavaScript path rewriter.
 //!
-//! `cargo bench --bench micro`
+//! `cargo bench --bench micro` (build the JavaScript example first with
+//! `examples/build-polyglot.sh` to include it)
 
 use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use natsplug::cache::ArtifactCache;
 use natsplug::config::{HostConfig, InstanceMode, PluginSettings};
 use natsplug::dispatch::{self, CallSettings};
-use natsplug::plugin::PluginLoader;
-use natsplug::protocol::{self, HttpRequest, PhaseRequest};
+use natsplug::plugin::{LoadedPlugin, PluginLoader};
+use natsplug::protocol::{self, Action, HttpRequest, PhaseReply, PhaseRequest};
 use natsplug::{Phase, engine};
 use natsplug_suite::guests;
+use natsplug_suite::host::shared_cache_dir;
 
 /// A typical request: 8 headers and a small body.
 fn typical_request() -> PhaseRequest {
@@ -69,52 +75,99 @@ fn protocol_benches(c: &mut Criterion) {
 fn plugin_benches(c: &mut Criterion) {
     let config = HostConfig::default();
     let engine = engine::build_engine(&config.runtime).unwrap();
-    let loader = PluginLoader::new(engine, &config.runtime).unwrap();
+    // Compiled components are cached with the tests' ones, so a large
+    // component compiles on the first run only.
+    let cache = ArtifactCache::open(&shared_cache_dir(), &engine).unwrap();
+    let loader = PluginLoader::new(engine, &config.runtime)
+        .unwrap()
+        .with_cache(cache);
     let payload = protocol::encode_request(&typical_request());
-    for (name, path) in [
-        ("header-injector", guests::HEADER_INJECTOR),
-        ("authz", guests::AUTHZ),
-    ] {
-        let plugin = loader
-            .load_bytes(
-                name,
-                &std::fs::read(path).unwrap(),
-                &PluginSettings::default(),
-            )
-            .unwrap();
-        let mut reuse = CallSettings::from_runtime(&config.runtime, 1 << 20);
-        reuse.max_calls_per_instance = u64::MAX;
-        let mut slot = None;
-        c.bench_function(&format!("call/warm/{name}"), |b| {
-            b.iter(|| {
-                dispatch::run(
-                    &mut slot,
-                    &plugin,
-                    Phase::RequestFilter,
-                    &payload,
-                    None,
-                    &reuse,
-                )
-            })
-        });
-        let fresh = CallSettings {
-            instance_mode: InstanceMode::Fresh,
-            ..reuse.clone()
-        };
-        c.bench_function(&format!("call/fresh/{name}"), |b| {
-            b.iter(|| {
-                let mut slot = None;
-                dispatch::run(
-                    &mut slot,
-                    &plugin,
-                    Phase::RequestFilter,
-                    &payload,
-                    None,
-                    &fresh,
-                )
-            })
-        });
-    }
+    let with_config = |key: &str, value: &str| PluginSettings {
+        config: [(key.to_string(), value.to_string())].into(),
+        ..PluginSettings::default()
+    };
+
+    let injector = loader
+        .load_bytes(
+            "header-injector",
+            &std::fs::read(guests::HEADER_INJECTOR).unwrap(),
+            &PluginSettings::default(),
+        )
+        .unwrap();
+    call_benches(c, &injector, &payload, &config, |reply| {
+        reply.request_headers.as_ref().map(|h| h.set.len()) == Some(2)
+    });
+
+    // The token the typical request carries: the request is let through.
+    let authz = loader
+        .load_bytes(
+            "authz",
+            &std::fs::read(guests::AUTHZ).unwrap(),
+            &with_config("token", "s3cret"),
+        )
+        .unwrap();
+    call_benches(c, &authz, &payload, &config, |reply| {
+        reply.request_headers.as_ref().map(|h| h.remove.as_slice())
+            == Some(&["authorization".to_string()][..])
+    });
+
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guests/polyglot/js-rewriter.wasm");
+    let Ok(bytes) = std::fs::read(&js) else {
+        eprintln!(
+            "skipping the js-rewriter benchmarks: {} is missing; run `examples/build-polyglot.sh` to build it",
+            js.display()
+        );
+        return;
+    };
+    let started = Instant::now();
+    // A route matching the typical request: every call rewrites its path,
+    // sets two headers and logs a record.
+    let rewriter = loader
+        .load_bytes("js-rewriter", &bytes, &with_config("routes", "/api/v1=/v2"))
+        .unwrap();
+    eprintln!(
+        "js-rewriter loaded in {:.1} s (compiled on the first run, then from the cache in {})",
+        started.elapsed().as_secs_f64(),
+        shared_cache_dir().display()
+    );
+    call_benches(c, &rewriter, &payload, &config, |reply| {
+        reply.path.as_deref() == Some("/v2/orders?expand=items")
+    });
+}
+
+/// `call/warm/NAME`, a call into a warm instance, and `call/fresh/NAME`,
+/// instantiate then call; first checks that a call answers `next` and
+/// that `expected` holds for its reply.
+fn call_benches(
+    c: &mut Criterion,
+    plugin: &LoadedPlugin,
+    payload: &[u8],
+    config: &HostConfig,
+    expected: impl Fn(&PhaseReply) -> bool,
+) {
+    let name = &plugin.name;
+    let mut reuse = CallSettings::from_runtime(&config.runtime, 1 << 20);
+    reuse.max_calls_per_instance = u64::MAX;
+    let fresh = CallSettings {
+        instance_mode: InstanceMode::Fresh,
+        ..reuse.clone()
+    };
+    let call = |slot: &mut Option<_>, settings: &CallSettings| {
+        dispatch::run(slot, plugin, Phase::RequestFilter, payload, None, settings)
+    };
+
+    let mut slot = None;
+    let reply = protocol::decode_reply(&call(&mut slot, &reuse).payload).unwrap();
+    assert!(
+        reply.action == Action::Next && expected(&reply),
+        "{name} did not answer as expected: {reply:?}"
+    );
+    c.bench_function(&format!("call/warm/{name}"), |b| {
+        b.iter(|| call(&mut slot, &reuse))
+    });
+    c.bench_function(&format!("call/fresh/{name}"), |b| {
+        b.iter(|| call(&mut None, &fresh))
+    });
 }
 
 criterion_group!(benches, protocol_benches, plugin_benches);
