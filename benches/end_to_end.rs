@@ -6,13 +6,21 @@
 //!   two headers, encode), no WebAssembly;
 //! - (c) `natsplug`: `natsplug up` serving the header-injector example.
 //!
-//! Each responder is its own process. For each concurrency level it
-//! reports throughput, p50 and p99, and the ratios (c)/(a) and (c)/(b);
-//! then the host's start-up time (cold and with a warm compiled cache) and
-//! its resident memory idle and under load. The table is printed and
-//! written as JSON to `target/bench/end_to_end.json`.
+//! Each responder is its own process. Each concurrency level runs in
+//! rounds; a round measures the three responders one after the other, in
+//! an order that rotates from round to round, so a slow moment of a shared
+//! machine does not fall on one responder only. The table shows the median
+//! over the rounds of throughput, p50 and p99, and the ratios (c)/(a) and
+//! (c)/(b) of the median throughputs; then the host's start-up time (cold
+//! and with a warm compiled cache) and its resident memory idle and under
+//! load. The table is printed and written, with every round, as JSON to
+//! `target/bench/end_to_end.json`.
 //!
-//! `cargo bench --bench end_to_end` (`-- --seconds 5 --concurrency 1,64,256`)
+//! `cargo bench --bench end_to_end`, options after `--`:
+//! `--seconds S` per responder and round (default 3), `--rounds N`
+//! (default 3), `--concurrency 1,64,256`, `--host-threads N` (the host's
+//! async threads, `TOKIO_WORKER_THREADS`) and `--host-workers N` (its
+//! plugin worker threads, `--workers`); both default to the host's choice.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -34,18 +42,36 @@ fn main() {
     if let Some(position) = args.iter().position(|a| a == "--responder") {
         return responder(&args[position + 1], &args[position + 2]);
     }
-    let seconds: f64 = option(&args, "--seconds").map_or(3.0, |s| s.parse().expect("--seconds N"));
-    let levels: Vec<usize> = option(&args, "--concurrency")
-        .unwrap_or("1,64,256")
-        .split(',')
-        .map(|c| c.parse().expect("--concurrency N,N"))
-        .collect();
+    let seconds: f64 = option(&args, "--seconds").map_or(3.0, |s| s.parse().expect("--seconds S"));
+    let settings = Settings {
+        duration: Duration::from_secs_f64(seconds),
+        rounds: option(&args, "--rounds").map_or(3, |s| s.parse().expect("--rounds N")),
+        levels: option(&args, "--concurrency")
+            .unwrap_or("1,64,256")
+            .split(',')
+            .map(|c| c.parse().expect("--concurrency N,N"))
+            .collect(),
+        host_threads: option(&args, "--host-threads").map(|s| s.parse().expect("--host-threads N")),
+        host_workers: option(&args, "--host-workers").map(|s| s.parse().expect("--host-workers N")),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(Duration::from_secs_f64(seconds), &levels));
+    runtime.block_on(run(&settings));
+}
+
+/// What to run.
+struct Settings {
+    /// Measuring time per responder and round.
+    duration: Duration,
+    rounds: usize,
+    levels: Vec<usize>,
+    /// The host's async threads, when set.
+    host_threads: Option<usize>,
+    /// The host's plugin worker threads, when set.
+    host_workers: Option<usize>,
 }
 
 fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -89,12 +115,12 @@ fn responder(kind: &str, url: &str) {
 
 /// The header injector, natively.
 fn native_filter(payload: &[u8]) -> Vec<u8> {
-    let request = protocol::decode_request(payload, natsplug::Phase::RequestFilter).unwrap();
+    let request = protocol::decode_request_view(payload, natsplug::Phase::RequestFilter).unwrap();
     let reply = PhaseReply {
         request_headers: Some(HeaderMutations {
             set: vec![
                 ("x-plugin".into(), "header-injector".into()),
-                ("x-request-id".into(), request.request_id.clone()),
+                ("x-request-id".into(), request.request_id.to_string()),
             ],
             remove: vec![],
         }),
@@ -134,6 +160,28 @@ impl Process {
     }
 }
 
+/// CPU time, user plus system, process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime, fields 14 and 15 of the line, in clock ticks.
+    let total = ticks(11) + ticks(12);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(total as f64 / per_second as f64)
+}
+
 /// Resident memory of process `pid` in MiB (0 when it cannot be read).
 fn resident_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -148,8 +196,12 @@ fn start_host(
     url: &str,
     plugins: &std::path::Path,
     cache: &std::path::Path,
+    settings: &Settings,
 ) -> (Process, Duration) {
     let mut command = Command::new(natsplug_binary());
+    if let Some(threads) = settings.host_threads {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
     command
         .args([
             "up",
@@ -164,6 +216,9 @@ fn start_host(
         .arg("--cache-dir")
         .arg(cache)
         .env("RUST_LOG", "warn");
+    if let Some(workers) = settings.host_workers {
+        command.args(["--workers", &workers.to_string()]);
+    }
     let (process, line, elapsed) = Process::start(command);
     assert!(line.starts_with("natsplug ready"), "{line}");
     (process, elapsed)
@@ -177,13 +232,14 @@ struct Measurement {
     throughput: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time the responder's process spent per request, user and system.
+    cpu_us_per_request: f64,
 }
 
 /// Send requests to `subject` from `concurrency` tasks for `duration`.
 async fn measure(
     client: &async_nats::Client,
-    responder: &'static str,
-    subject: &'static str,
+    (responder, subject, pid): (&'static str, &'static str, u32),
     payload: bytes::Bytes,
     concurrency: usize,
     duration: Duration,
@@ -193,6 +249,7 @@ async fn measure(
         client.request(subject, payload.clone()).await.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_time(pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -215,6 +272,7 @@ async fn measure(
         latencies.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
     latencies.sort_unstable();
     let percentile = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
@@ -226,10 +284,12 @@ async fn measure(
         throughput: latencies.len() as f64 / elapsed,
         p50_us: percentile(0.50),
         p99_us: percentile(0.99),
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
     }
 }
 
-async fn run(duration: Duration, levels: &[usize]) {
+async fn run(settings: &Settings) {
+    let duration = settings.duration;
     let server = NatsServer::start();
     let url = server.url();
     let plugins = tempfile::tempdir().unwrap();
@@ -244,9 +304,9 @@ async fn run(duration: Duration, levels: &[usize]) {
     let cache = tempfile::tempdir().unwrap();
 
     // Start-up, cold then warm.
-    let (cold, cold_start) = start_host(&url, plugins.path(), cache.path());
+    let (cold, cold_start) = start_host(&url, plugins.path(), cache.path(), settings);
     drop(cold);
-    let (host, warm_start) = start_host(&url, plugins.path(), cache.path());
+    let (host, warm_start) = start_host(&url, plugins.path(), cache.path(), settings);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_mib = host.resident_mib();
 
@@ -274,53 +334,51 @@ async fn run(duration: Duration, levels: &[usize]) {
     })
     .into();
 
-    let mut results = Vec::new();
+    let subjects = [
+        ("echo", ECHO_SUBJECT, responders[0].0.id()),
+        ("native", NATIVE_SUBJECT, responders[1].0.id()),
+        ("natsplug", HOST_SUBJECT, host.0.id()),
+    ];
+    let mut rounds = Vec::new();
+    let mut summary = Vec::new();
     let mut peak_mib: f64 = idle_mib;
     println!(
-        "{:>10} {:>11} {:>12} {:>10} {:>10} {:>9} {:>9}",
-        "responder", "concurrency", "req/s", "p50 µs", "p99 µs", "c/a", "c/b"
+        "{:>10} {:>11} {:>12} {:>10} {:>10} {:>12} {:>9} {:>9}",
+        "responder", "concurrency", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "c/a", "c/b"
     );
-    for &concurrency in levels {
-        let echo = measure(
-            &client,
-            "echo",
-            ECHO_SUBJECT,
-            payload.clone(),
-            concurrency,
-            duration,
-        )
-        .await;
-        let native = measure(
-            &client,
-            "native",
-            NATIVE_SUBJECT,
-            payload.clone(),
-            concurrency,
-            duration,
-        )
-        .await;
-        let sampler = {
-            let pid = host.0.id();
-            std::thread::spawn(move || {
-                let mut peak: f64 = 0.0;
-                let until = Instant::now() + duration;
-                while Instant::now() < until {
-                    peak = peak.max(resident_mib(pid));
-                    std::thread::sleep(Duration::from_millis(100));
+    for &concurrency in &settings.levels {
+        let mut by_responder: [Vec<Measurement>; 3] = Default::default();
+        for round in 0..settings.rounds {
+            for turn in 0..subjects.len() {
+                let which = (round + turn) % subjects.len();
+                let responder = subjects[which].0;
+                let sampler = (responder == "natsplug").then(|| {
+                    let pid = host.0.id();
+                    std::thread::spawn(move || {
+                        let mut peak: f64 = 0.0;
+                        let until = Instant::now() + duration;
+                        while Instant::now() < until {
+                            peak = peak.max(resident_mib(pid));
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        peak
+                    })
+                });
+                let measured = measure(
+                    &client,
+                    subjects[which],
+                    payload.clone(),
+                    concurrency,
+                    duration,
+                )
+                .await;
+                if let Some(sampler) = sampler {
+                    peak_mib = peak_mib.max(sampler.join().unwrap());
                 }
-                peak
-            })
-        };
-        let hosted = measure(
-            &client,
-            "natsplug",
-            HOST_SUBJECT,
-            payload.clone(),
-            concurrency,
-            duration,
-        )
-        .await;
-        peak_mib = peak_mib.max(sampler.join().unwrap());
+                by_responder[which].push(measured);
+            }
+        }
+        let [echo, native, hosted] = by_responder.each_ref().map(|m| median_of(m));
         for m in [&echo, &native, &hosted] {
             let (ca, cb) = if m.responder == "natsplug" {
                 (
@@ -331,11 +389,19 @@ async fn run(duration: Duration, levels: &[usize]) {
                 (String::new(), String::new())
             };
             println!(
-                "{:>10} {:>11} {:>12.0} {:>10.1} {:>10.1} {:>9} {:>9}",
-                m.responder, m.concurrency, m.throughput, m.p50_us, m.p99_us, ca, cb
+                "{:>10} {:>11} {:>12.0} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>9}",
+                m.responder,
+                m.concurrency,
+                m.throughput,
+                m.p50_us,
+                m.p99_us,
+                m.cpu_us_per_request,
+                ca,
+                cb
             );
         }
-        results.extend([echo, native, hosted]);
+        summary.extend([echo, native, hosted]);
+        rounds.extend(by_responder.into_iter().flatten());
     }
     println!();
     println!(
@@ -348,7 +414,11 @@ async fn run(duration: Duration, levels: &[usize]) {
     let report = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "seconds_per_run": duration.as_secs_f64(),
-        "results": results,
+        "rounds": settings.rounds,
+        "host_threads": settings.host_threads,
+        "host_workers": settings.host_workers,
+        "results": summary,
+        "every_round": rounds,
         "startup_ms": { "cold": cold_start.as_secs_f64() * 1000.0, "warm_cache": warm_start.as_secs_f64() * 1000.0 },
         "resident_mib": { "idle": idle_mib, "peak_under_load": peak_mib },
     });
@@ -361,4 +431,22 @@ async fn run(duration: Duration, levels: &[usize]) {
     println!("written to {}", file.display());
     drop(responders);
     drop(host);
+}
+
+/// The median of each figure over the rounds of one responder.
+fn median_of(rounds: &[Measurement]) -> Measurement {
+    let median = |figure: fn(&Measurement) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Measurement {
+        responder: rounds[0].responder,
+        concurrency: rounds[0].concurrency,
+        requests: rounds.iter().map(|m| m.requests).sum(),
+        throughput: median(|m| m.throughput),
+        p50_us: median(|m| m.p50_us),
+        p99_us: median(|m| m.p99_us),
+        cpu_us_per_request: median(|m| m.cpu_us_per_request),
+    }
 }

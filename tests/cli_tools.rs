@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use natsplug_suite::host::shared_cache_dir;
-use natsplug_suite::{NatsServer, TestHost, guests, natsplug_binary};
+use natsplug_suite::{NatsServer, TestHost, cargo_command, guests, natsplug_binary};
 use serde_json::{Value, json};
 
 /// Run `natsplug ARGS` and wait for it (blocking: for tests without an
@@ -738,19 +738,13 @@ fn new_scaffolds_a_plugin_that_builds_and_loads() {
 
     // It builds, standalone, for wasm32-wasip2.
     let target = target_dir().join("new-plugin-test");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
+    let mut build = cargo_command();
     build
         .current_dir(&project)
         .args(["build", "--quiet", "--target", "wasm32-wasip2", "--release"])
         .env("CARGO_TARGET_DIR", &target);
-    for variable in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    // Flags of the host build are not for wasm.
+    for variable in ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
         build.env_remove(variable);
     }
     let status = build.status().expect("running cargo build");

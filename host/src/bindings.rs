@@ -3,6 +3,11 @@
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
+    // Requests are lowered into the guest straight from the bytes of the
+    // NATS message, without an owned copy in between.
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 /// The fully qualified name of the interface every plugin exports.

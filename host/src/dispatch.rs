@@ -12,8 +12,8 @@ use crate::logs::LogRecord;
 use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginInstance};
 use crate::protocol::{
-    self, Action, BodyChunk, HeaderMutations, HttpRequest, HttpResponse, PhaseReply, PhaseRequest,
-    RequestError,
+    self, Action, BodyChunkView, HeaderMutations, HttpRequestView, HttpResponseView, PhaseReply,
+    PhaseRequestView, RequestError,
 };
 use crate::sandbox::CallContext;
 
@@ -125,7 +125,7 @@ pub fn run(
     trace_id: Option<String>,
     settings: &CallSettings,
 ) -> Outcome {
-    let request = match protocol::decode_request(payload, phase) {
+    let request = match protocol::decode_request_view(payload, phase) {
         Ok(request) => request,
         Err((request_id, error)) => return Outcome::failure(request_id, error),
     };
@@ -142,7 +142,10 @@ pub fn run(
             "plugin `{}` does not implement phase `{phase}`",
             plugin.name
         );
-        return Outcome::failure(request.request_id, RequestError::BadRequest(message));
+        return Outcome::failure(
+            request.request_id.to_string(),
+            RequestError::BadRequest(message),
+        );
     }
     if slot.as_ref().is_some_and(|i| i.plugin_id != plugin.id) {
         *slot = None;
@@ -157,14 +160,14 @@ pub fn run(
                     plugin.name
                 );
                 return Outcome::failure_with_mode(
-                    request.request_id,
+                    request.request_id.to_string(),
                     RequestError::PluginFailed(message),
                     plugin.limits.failure_mode(phase),
                 );
             }
         },
     };
-    let request_id = request.request_id.clone();
+    let request_id = request.request_id.to_string();
     let timeout = plugin.limits.call_timeout;
     let result = call_guest(instance, phase, request, trace_id, timeout);
     instance.calls += 1;
@@ -219,11 +222,11 @@ pub fn run(
 fn call_guest(
     instance: &mut PluginInstance,
     phase: Phase,
-    request: PhaseRequest,
+    request: PhaseRequestView<'_>,
     trace_id: Option<String>,
     timeout: Duration,
 ) -> wasmtime::Result<PhaseReply> {
-    let PhaseRequest {
+    let PhaseRequestView {
         request_id,
         session_id,
         request: http_request,
@@ -233,45 +236,52 @@ fn call_guest(
         ..
     } = request;
     let ctx = wit::Context {
-        request_id: request_id.clone(),
+        request_id,
         session_id,
-        trace_id: trace_id.clone(),
+        trace_id: trace_id.as_deref(),
     };
     instance.store.data_mut().call = CallContext {
-        request_id: request_id.clone(),
+        request_id: request_id.to_string(),
         session_id,
-        trace_id,
+        trace_id: trace_id.clone(),
     };
     instance
         .store
         .set_epoch_deadline(crate::engine::deadline_ticks(timeout));
-    let wit_request = to_wit_request(http_request);
+    let wit_request = to_wit_request(&http_request);
     let handler = instance.bindings.natsplug_plugin_handler();
     let store = &mut instance.store;
     let decision = match phase {
-        Phase::RequestFilter => handler.call_request_filter(store, &ctx, &wit_request)?,
+        Phase::RequestFilter => handler.call_request_filter(store, ctx, wit_request)?,
         Phase::ResponseFilter => {
-            let response = to_wit_response(response.unwrap_or_default());
-            handler.call_response_filter(store, &ctx, &wit_request, &response)?
+            let response = response.unwrap_or_else(|| HttpResponseView {
+                status: 0,
+                headers: Vec::new(),
+                body: None,
+            });
+            handler.call_response_filter(store, ctx, wit_request, to_wit_response(&response))?
         }
         Phase::ResponseBodyFilter => {
-            let response = response.map(to_wit_response);
-            let chunk = to_wit_chunk(chunk.unwrap_or_default());
+            let chunk = chunk.unwrap_or_else(|| BodyChunkView {
+                data: Default::default(),
+                end_of_stream: false,
+                state: None,
+            });
             handler.call_response_body_filter(
                 store,
-                &ctx,
-                &wit_request,
-                response.as_ref(),
-                &chunk,
+                ctx,
+                wit_request,
+                response.as_ref().map(to_wit_response),
+                to_wit_chunk(&chunk),
             )?
         }
         Phase::Logging => {
-            let response = response.map(to_wit_response);
-            handler.call_logging(store, &ctx, &wit_request, response.as_ref(), duration_ms)?;
+            let response = response.as_ref().map(to_wit_response);
+            handler.call_logging(store, ctx, wit_request, response, duration_ms)?;
             return Ok(PhaseReply::next(request_id));
         }
     };
-    Ok(from_wit_decision(request_id, decision))
+    Ok(from_wit_decision(request_id.to_string(), decision))
 }
 
 /// Turn a guest error into what the caller is told.
@@ -361,31 +371,31 @@ fn is_header_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn to_wit_request(r: HttpRequest) -> wit::Request {
+fn to_wit_request<'a>(r: &'a HttpRequestView<'a>) -> wit::Request<'a> {
     wit::Request {
         method: r.method,
         path: r.path,
         query: r.query,
         host: r.host,
         client_ip: r.client_ip,
-        headers: r.headers,
-        body: r.body,
+        headers: &r.headers,
+        body: r.body.as_deref(),
     }
 }
 
-fn to_wit_response(r: HttpResponse) -> wit::Response {
+fn to_wit_response<'a>(r: &'a HttpResponseView<'a>) -> wit::Response<'a> {
     wit::Response {
         status: r.status,
-        headers: r.headers,
-        body: r.body,
+        headers: &r.headers,
+        body: r.body.as_deref(),
     }
 }
 
-fn to_wit_chunk(c: BodyChunk) -> wit::Chunk {
+fn to_wit_chunk<'a>(c: &'a BodyChunkView<'a>) -> wit::Chunk<'a> {
     wit::Chunk {
-        data: c.data,
+        data: &c.data,
         end_of_stream: c.end_of_stream,
-        state: c.state,
+        state: c.state.as_deref(),
     }
 }
 

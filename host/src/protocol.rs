@@ -5,6 +5,8 @@
 //! Messages are MessagePack maps with named fields. Byte fields are `bin`.
 //! Unknown fields are ignored and absent optional fields mean "none".
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::phase::Phase;
@@ -86,6 +88,109 @@ pub struct BodyChunk {
     /// The `state` of the previous chunk's reply, echoed by the caller.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub state: Option<Vec<u8>>,
+}
+
+/// A phase request borrowed from the bytes of its message: what the host
+/// decodes on the request path. Strings and bodies point into the message,
+/// so decoding allocates only the header lists.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PhaseRequestView<'a> {
+    pub version: u16,
+    pub request_id: &'a str,
+    #[serde(default)]
+    pub session_id: Option<u64>,
+    pub phase: &'a str,
+    #[serde(borrow)]
+    pub request: HttpRequestView<'a>,
+    #[serde(default, borrow)]
+    pub response: Option<HttpResponseView<'a>>,
+    #[serde(default, borrow)]
+    pub chunk: Option<BodyChunkView<'a>>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// [`HttpRequest`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HttpRequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    #[serde(default)]
+    pub query: Option<&'a str>,
+    #[serde(default)]
+    pub host: Option<&'a str>,
+    #[serde(default)]
+    pub client_ip: Option<&'a str>,
+    #[serde(default, borrow, deserialize_with = "nil_as_empty_view")]
+    pub headers: Vec<(&'a str, &'a str)>,
+    #[serde(default, borrow, with = "serde_bytes")]
+    pub body: Option<Cow<'a, [u8]>>,
+}
+
+/// [`HttpResponse`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HttpResponseView<'a> {
+    pub status: u16,
+    #[serde(default, borrow, deserialize_with = "nil_as_empty_view")]
+    pub headers: Vec<(&'a str, &'a str)>,
+    #[serde(default, borrow, with = "serde_bytes")]
+    pub body: Option<Cow<'a, [u8]>>,
+}
+
+/// [`BodyChunk`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BodyChunkView<'a> {
+    #[serde(borrow, with = "serde_bytes")]
+    pub data: Cow<'a, [u8]>,
+    pub end_of_stream: bool,
+    #[serde(default, borrow, with = "serde_bytes")]
+    pub state: Option<Cow<'a, [u8]>>,
+}
+
+/// A borrowed header list where `nil` stands for an empty one.
+fn nil_as_empty_view<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(&'a str, &'a str)>, D::Error> {
+    Ok(Option::<Vec<(&'a str, &'a str)>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+impl PhaseRequestView<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> PhaseRequest {
+        let headers = |h: &[(&str, &str)]| {
+            h.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let bytes = |b: &Option<Cow<'_, [u8]>>| b.as_ref().map(|b| b.to_vec());
+        let r = &self.request;
+        PhaseRequest {
+            version: self.version,
+            request_id: self.request_id.to_string(),
+            session_id: self.session_id,
+            phase: self.phase.to_string(),
+            request: HttpRequest {
+                method: r.method.to_string(),
+                path: r.path.to_string(),
+                query: r.query.map(str::to_string),
+                host: r.host.map(str::to_string),
+                client_ip: r.client_ip.map(str::to_string),
+                headers: headers(&r.headers),
+                body: bytes(&r.body),
+            },
+            response: self.response.as_ref().map(|r| HttpResponse {
+                status: r.status,
+                headers: headers(&r.headers),
+                body: bytes(&r.body),
+            }),
+            chunk: self.chunk.as_ref().map(|c| BodyChunk {
+                data: c.data.to_vec(),
+                end_of_stream: c.end_of_stream,
+                state: bytes(&c.state),
+            }),
+            duration_ms: self.duration_ms,
+        }
+    }
 }
 
 /// What the caller does next.
@@ -221,13 +326,27 @@ pub fn decode_request(
     payload: &[u8],
     phase: Phase,
 ) -> Result<PhaseRequest, (String, RequestError)> {
-    match rmp_serde::from_slice::<PhaseRequest>(payload) {
+    decode_request_view(payload, phase).map(|view| view.to_owned())
+}
+
+/// Decode a phase request arriving on the subject of `phase`, borrowing
+/// from `payload`: the request path's decoder.
+///
+/// On failure returns the request id (when readable) and the error to send.
+pub fn decode_request_view(
+    payload: &[u8],
+    phase: Phase,
+) -> Result<PhaseRequestView<'_>, (String, RequestError)> {
+    match rmp_serde::from_slice::<PhaseRequestView<'_>>(payload) {
         Ok(request) => {
             if request.version != PROTOCOL_VERSION {
-                return Err((request.request_id, unsupported_version(request.version)));
+                return Err((
+                    request.request_id.to_string(),
+                    unsupported_version(request.version),
+                ));
             }
             if request.phase != phase.as_str() {
-                let message = match Phase::parse(&request.phase) {
+                let message = match Phase::parse(request.phase) {
                     Some(_) => format!(
                         "the request's phase `{}` does not match the subject's phase `{}`",
                         request.phase, phase
@@ -238,7 +357,10 @@ pub fn decode_request(
                         Phase::ALL.map(|p| p.as_str()).join(", ")
                     ),
                 };
-                return Err((request.request_id, RequestError::BadRequest(message)));
+                return Err((
+                    request.request_id.to_string(),
+                    RequestError::BadRequest(message),
+                ));
             }
             Ok(request)
         }
@@ -353,6 +475,69 @@ mod tests {
             decode_request(&bytes, Phase::RequestFilter).unwrap(),
             request
         );
+    }
+
+    #[test]
+    fn the_view_borrows_from_the_message() {
+        let bytes = encode_request(&sample());
+        let view = decode_request_view(&bytes, Phase::RequestFilter).unwrap();
+        let inside = |s: &[u8]| bytes.as_ptr_range().contains(&s.as_ptr());
+        assert!(inside(view.request_id.as_bytes()));
+        assert!(inside(view.request.headers[0].1.as_bytes()));
+        assert!(matches!(view.request.body, Some(Cow::Borrowed(b)) if inside(b)));
+        assert_eq!(view.to_owned(), sample());
+
+        let full = PhaseRequest {
+            phase: "response_body_filter".into(),
+            response: Some(HttpResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: Some(b"body".to_vec()),
+            }),
+            chunk: Some(BodyChunk {
+                data: b"chunk".to_vec(),
+                end_of_stream: true,
+                state: Some(vec![0, 255]),
+            }),
+            duration_ms: Some(12),
+            ..sample()
+        };
+        let bytes = encode_request(&full);
+        let view = decode_request_view(&bytes, Phase::ResponseBodyFilter).unwrap();
+        assert_eq!(view.to_owned(), full);
+    }
+
+    #[test]
+    fn bodies_sent_as_arrays_of_integers_are_read_too() {
+        #[derive(Serialize)]
+        struct Lenient<'a> {
+            version: u16,
+            request_id: &'a str,
+            phase: &'a str,
+            request: LenientRequest<'a>,
+        }
+        #[derive(Serialize)]
+        struct LenientRequest<'a> {
+            method: &'a str,
+            path: &'a str,
+            headers: Option<Vec<(String, String)>>,
+            body: Vec<u8>,
+        }
+        let bytes = rmp_serde::to_vec_named(&Lenient {
+            version: 1,
+            request_id: "r",
+            phase: "request_filter",
+            request: LenientRequest {
+                method: "GET",
+                path: "/",
+                headers: None,
+                body: vec![1, 2, 3],
+            },
+        })
+        .unwrap();
+        let request = decode_request(&bytes, Phase::RequestFilter).unwrap();
+        assert_eq!(request.request.body, Some(vec![1, 2, 3]));
+        assert!(request.request.headers.is_empty());
     }
 
     #[test]

@@ -17,6 +17,38 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+/// A `cargo` command for a build run from a test or benchmark.
+///
+/// Cargo gives a test process the variables of the crate under test
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...) and flags meant for it. Some
+/// build scripts track such variables, so a nested build that inherited
+/// them would see its dependencies as changed and rebuild them, and the
+/// next plain `cargo build` would rebuild them again.
+pub fn cargo_command() -> std::process::Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_for_the_crate = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
+        if set_for_the_crate || name == "OUT_DIR" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The `natsplug` binary, built (once per test process) by the same cargo
 /// profile as the tests.
 pub fn natsplug_binary() -> std::path::PathBuf {
@@ -33,8 +65,7 @@ pub fn natsplug_binary() -> std::path::PathBuf {
                 .and_then(|n| n.to_str())
                 .unwrap_or("debug")
                 .to_string();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut command = std::process::Command::new(cargo);
+            let mut command = cargo_command();
             command
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args(["build", "--quiet", "-p", "natsplug", "--bin", "natsplug"]);

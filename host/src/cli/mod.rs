@@ -129,8 +129,16 @@ pub fn main() -> ExitCode {
 /// threads (one per core by default), so its async side only moves
 /// messages: one thread per four cores, at least one, leaves the cores to
 /// the workers and spares waking a second thread for every message. The
-/// other commands keep one per core.
+/// other commands keep one per core. `TOKIO_WORKER_THREADS`, when set,
+/// decides instead.
 fn async_threads(command: &Command) -> usize {
+    if let Some(threads) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return threads;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     match command {
         Command::Up(_) => (cores / 4).max(1),
