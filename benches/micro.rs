@@ -74,7 +74,10 @@ fn protocol_benches(c: &mut Criterion) {
 }
 
 fn plugin_benches(c: &mut Criterion) {
-    let config = HostConfig::default();
+    let mut config = HostConfig::default();
+    // A few pool slots are enough here, and a small reservation lets the
+    // benchmark run under `valgrind --tool=callgrind` too.
+    config.runtime.pool_instances = 2;
     let engine = engine::build_engine(&config.runtime).unwrap();
     // Compiled components are cached with the tests' ones, so a large
     // component compiles on the first run only.

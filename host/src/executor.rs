@@ -39,7 +39,7 @@ pub struct Job {
     /// When the host received the message.
     pub received: Instant,
     /// Concurrency permits, released when the reply is sent.
-    pub permits: Vec<OwnedSemaphorePermit>,
+    pub permits: [OwnedSemaphorePermit; 2],
 }
 
 /// What a worker needs besides the job.

@@ -978,7 +978,7 @@ impl Dispatcher {
                 None => Err(
                     "the host is at its concurrency limit (serving plugin `{}`); try again later",
                 ),
-                Some(host_permit) => Ok(vec![plugin_permit, host_permit]),
+                Some(host_permit) => Ok([plugin_permit, host_permit]),
             },
         };
         let permits = match permits {
@@ -1008,8 +1008,12 @@ impl Dispatcher {
 
     /// A slot of `semaphore` under the overload policy, or `None`.
     async fn acquire(&self, semaphore: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        // A free slot is the common case: take it without arming a timer.
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Some(permit);
+        }
         match self.overload {
-            OverloadPolicy::Reject => semaphore.clone().try_acquire_owned().ok(),
+            OverloadPolicy::Reject => None,
             OverloadPolicy::Wait => {
                 tokio::time::timeout(self.max_queue_wait, semaphore.clone().acquire_owned())
                     .await
