@@ -1,6 +1,8 @@
-//! Micro benchmarks: protocol decode+encode, a call into a warm instance,
-//! and instantiate+call on a fresh instance, for the Rust header injector
-//! and authorizer and, when built, the JavaScript path rewriter.
+//! Micro benchmarks: protocol decode+encode; a call into a warm instance,
+//! both the whole dispatch (`call/warm`: decode, call, encode) and the
+//! guest call alone (`guest/warm`); instantiate+call on a fresh instance.
+//! For the Rust header injector and authorizer and, when built, the
+//! JavaScript path rewriter.
 //!
 //! `cargo bench --bench micro` (build the JavaScript example first with
 //! `examples/build-polyglot.sh` to include it)
@@ -169,6 +171,24 @@ fn call_benches(
     c.bench_function(&format!("call/warm/{name}"), |b| {
         b.iter(|| call(&mut slot, &reuse))
     });
+    // The guest call alone: the request decoded once, the reply not encoded
+    // (decode and encode are `protocol/decode+encode`).
+    let request = protocol::decode_request_view(payload, Phase::RequestFilter).unwrap();
+    let timeout = plugin.limits.call_timeout;
+    let mut instance = plugin.instantiate().unwrap();
+    c.bench_function(&format!("guest/warm/{name}"), |b| {
+        b.iter(|| {
+            dispatch::call(
+                &mut instance,
+                Phase::RequestFilter,
+                request.clone(),
+                None,
+                timeout,
+            )
+            .unwrap()
+        })
+    });
+    drop(instance);
     c.bench_function(&format!("call/fresh/{name}"), |b| {
         b.iter(|| call(&mut None, &fresh))
     });

@@ -169,7 +169,7 @@ pub fn run(
     };
     let request_id = request.request_id.to_string();
     let timeout = plugin.limits.call_timeout;
-    let result = call_guest(instance, phase, request, trace_id, timeout);
+    let result = call(instance, phase, request, trace_id, timeout);
     instance.calls += 1;
     let (records, dropped_records) = instance.store.data_mut().take_records();
 
@@ -219,7 +219,10 @@ pub fn run(
     }
 }
 
-fn call_guest(
+/// The guest call alone, for a request already decoded: lower the request
+/// into `instance`, run `phase` under `timeout`, lift the decision. [`run`]
+/// wraps it with decoding, instance policy, checks and encoding.
+pub fn call(
     instance: &mut PluginInstance,
     phase: Phase,
     request: PhaseRequestView<'_>,
