@@ -257,19 +257,11 @@ pub fn call(
     let decision = match phase {
         Phase::RequestFilter => handler.call_request_filter(store, ctx, wit_request)?,
         Phase::ResponseFilter => {
-            let response = response.unwrap_or_else(|| HttpResponseView {
-                status: 0,
-                headers: Vec::new(),
-                body: None,
-            });
+            let response = response.unwrap_or_default();
             handler.call_response_filter(store, ctx, wit_request, to_wit_response(&response))?
         }
         Phase::ResponseBodyFilter => {
-            let chunk = chunk.unwrap_or_else(|| BodyChunkView {
-                data: Default::default(),
-                end_of_stream: false,
-                state: None,
-            });
+            let chunk = chunk.unwrap_or_default();
             handler.call_response_body_filter(
                 store,
                 ctx,

@@ -128,7 +128,7 @@ pub struct HttpRequestView<'a> {
 }
 
 /// [`HttpResponse`], borrowed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct HttpResponseView<'a> {
     pub status: u16,
     #[serde(default, borrow, deserialize_with = "nil_as_empty_view")]
@@ -138,7 +138,7 @@ pub struct HttpResponseView<'a> {
 }
 
 /// [`BodyChunk`], borrowed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct BodyChunkView<'a> {
     #[serde(borrow, with = "serde_bytes")]
     pub data: Cow<'a, [u8]>,
