@@ -313,14 +313,10 @@ async fn a_late_host_gets_the_current_set_including_a_large_component() {
             "  nylon.plugin.edge.request_filter".to_string(),
         ]
     );
-    assert_eq!(
-        fleet_metadata(&nats, 1, "plugin.big.hash").await,
-        vec![Some(natsplug::plugin::content_hash(&big))]
-    );
-    assert_eq!(
-        fleet_metadata(&nats, 1, "plugin.edge.hash").await,
-        vec![Some(content_hash(guests::HEADER_INJECTOR))]
-    );
+    let big_hash = natsplug::plugin::content_hash(&big);
+    until_fleet_reports(&nats, 1, "plugin.big.hash", Some(&big_hash)).await;
+    let edge_hash = content_hash(guests::HEADER_INJECTOR);
+    until_fleet_reports(&nats, 1, "plugin.edge.hash", Some(&edge_hash)).await;
     let reply = client
         .send("big", &request("request_filter", "big-1", "GET", "/"))
         .await;
@@ -354,10 +350,8 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     let cache = tempfile::tempdir().unwrap();
     let file = install_file(plugins.path(), "edge", guests::HEADER_INJECTOR);
     let _host = start_host(&server, plugins.path(), cache.path());
-    assert_eq!(
-        fleet_metadata(&nats, 1, "plugin.edge.origin").await,
-        vec![Some("directory".to_string())]
-    );
+    // Bounded: a loaded machine may take a moment to answer discovery.
+    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("directory")).await;
     assert_eq!(
         behaviour_of(&send_edge(&client, "dir").await.unwrap()),
         Behaviour::Injects

@@ -23,8 +23,6 @@ const VERBS: [&str; 3] = ["PING", "INFO", "STATS"];
 pub async fn serve(host: Arc<Host>) -> anyhow::Result<()> {
     let client = host.client().clone();
     let name = host.config().monitoring.service_name.clone();
-    let errors = host.monitor().server_errors();
-    let mut subjects = Vec::new();
     let mut subscriptions = Vec::new();
     for verb in VERBS {
         for subject in [
@@ -37,20 +35,7 @@ pub async fn serve(host: Arc<Host>) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("subscribing to {subject}: {e}"))?;
             subscriptions.push(subscriber.map(move |message| (verb, message)));
-            subjects.push(subject);
         }
-    }
-    // Answer from the moment the host says it is ready: wait until the
-    // server has the subscriptions.
-    let window = std::time::Duration::from_millis(host.config().nats.permission_check_ms);
-    if let Err(violation) = host
-        .monitor()
-        .confirm_subscriptions(&client, &subjects, errors, window)
-        .await
-    {
-        tracing::warn!(
-            "{violation}: this host will not answer NATS service discovery; grant subscribe on `$SRV.>` or set monitoring.discovery = false"
-        );
     }
     let mut requests = futures::stream::select_all(subscriptions);
     let stop = host.background();
