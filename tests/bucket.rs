@@ -379,30 +379,9 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     );
 }
 
-/// Server users: `host` may read the bucket but not write it; `deploy`
-/// may do anything. This is the set-up docs/connection.md describes.
-const PERMISSIONS: &str = r#"
-jetstream: enabled
-authorization {
-  users: [
-    {
-      user: host, password: host-secret
-      permissions: {
-        publish: {
-          deny: ["$O.plugins.>", "$JS.API.STREAM.CREATE.OBJ_plugins", "$JS.API.STREAM.UPDATE.OBJ_plugins",
-                 "$JS.API.STREAM.DELETE.OBJ_plugins", "$JS.API.STREAM.PURGE.OBJ_plugins",
-                 "$JS.API.STREAM.MSG.DELETE.OBJ_plugins"]
-        }
-      }
-    }
-    { user: deploy, password: deploy-secret }
-  ]
-}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
-    let server = NatsServer::start_with_config(PERMISSIONS);
+    let server = NatsServer::start_with_config(natsplug_suite::nats_server::BUCKET_PERMISSIONS);
     let url = server.url();
     let deploy =
         async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())

@@ -236,29 +236,9 @@ fn push_keeps_a_bounded_history_and_rm_and_rollback_use_it() {
     );
 }
 
-/// `host` may read the bucket but not write it; `deploy` may do anything.
-const PERMISSIONS: &str = r#"
-jetstream: enabled
-authorization {
-  users: [
-    {
-      user: host, password: host-secret
-      permissions: {
-        publish: {
-          deny: ["$O.plugins.>", "$JS.API.STREAM.CREATE.OBJ_plugins", "$JS.API.STREAM.UPDATE.OBJ_plugins",
-                 "$JS.API.STREAM.DELETE.OBJ_plugins", "$JS.API.STREAM.PURGE.OBJ_plugins",
-                 "$JS.API.STREAM.MSG.DELETE.OBJ_plugins"]
-        }
-      }
-    }
-    { user: deploy, password: deploy-secret }
-  ]
-}
-"#;
-
 #[test]
 fn only_the_deploy_user_may_push() {
-    let server = NatsServer::start_with_config(PERMISSIONS);
+    let server = NatsServer::start_with_config(natsplug_suite::nats_server::BUCKET_PERMISSIONS);
     let url = server.url();
     let as_host = [
         ("NATSPLUG_NATS_USER", "host"),

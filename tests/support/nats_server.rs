@@ -313,3 +313,24 @@ pub fn server_binary() -> PathBuf {
         )
     })
 }
+
+/// Server users: `host` may read the bucket but not write it; `deploy`
+/// may do anything. This is the set-up docs/connection.md describes.
+pub const BUCKET_PERMISSIONS: &str = r#"
+jetstream: enabled
+authorization {
+  users: [
+    {
+      user: host, password: host-secret
+      permissions: {
+        publish: {
+          deny: ["$O.plugins.>", "$JS.API.STREAM.CREATE.OBJ_plugins", "$JS.API.STREAM.UPDATE.OBJ_plugins",
+                 "$JS.API.STREAM.DELETE.OBJ_plugins", "$JS.API.STREAM.PURGE.OBJ_plugins",
+                 "$JS.API.STREAM.MSG.DELETE.OBJ_plugins"]
+        }
+      }
+    }
+    { user: deploy, password: deploy-secret }
+  ]
+}
+"#;
