@@ -155,8 +155,8 @@ fn nil_as_empty_view<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 }
 
 impl PhaseRequestView<'_> {
-    /// An owned copy.
-    pub fn to_owned(&self) -> PhaseRequest {
+    /// This request, copied into an owned [`PhaseRequest`].
+    pub fn to_request(&self) -> PhaseRequest {
         let headers = |h: &[(&str, &str)]| {
             h.iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -326,7 +326,7 @@ pub fn decode_request(
     payload: &[u8],
     phase: Phase,
 ) -> Result<PhaseRequest, (String, RequestError)> {
-    decode_request_view(payload, phase).map(|view| view.to_owned())
+    decode_request_view(payload, phase).map(|view| view.to_request())
 }
 
 /// Decode a phase request arriving on the subject of `phase`, borrowing
@@ -485,7 +485,7 @@ mod tests {
         assert!(inside(view.request_id.as_bytes()));
         assert!(inside(view.request.headers[0].1.as_bytes()));
         assert!(matches!(view.request.body, Some(Cow::Borrowed(b)) if inside(b)));
-        assert_eq!(view.to_owned(), sample());
+        assert_eq!(view.to_request(), sample());
 
         let full = PhaseRequest {
             phase: "response_body_filter".into(),
@@ -504,7 +504,7 @@ mod tests {
         };
         let bytes = encode_request(&full);
         let view = decode_request_view(&bytes, Phase::ResponseBodyFilter).unwrap();
-        assert_eq!(view.to_owned(), full);
+        assert_eq!(view.to_request(), full);
     }
 
     #[test]
