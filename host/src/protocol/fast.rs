@@ -1,0 +1,408 @@
+//! A one-pass reader for phase requests in the shape every MessagePack
+//! library writes them: maps with string keys, `str` strings, `bin` bytes,
+//! unsigned integers and `nil` for an absent value.
+//!
+//! It walks the message once, borrowing strings and bytes from it, without
+//! serde's visitor machinery (which costs about as much again as the rest
+//! of decoding). Whatever it does not recognise, and anything malformed,
+//! makes it answer `None`; the caller then decodes with serde, which takes
+//! the lenient forms (integers for bytes, a struct written as an array,
+//! signed integers, ...) and words the errors. So this reader decides how
+//! fast a request is read, never whether it is accepted or what it means:
+//! the tests hold it to giving exactly serde's result whenever it answers.
+
+use std::borrow::Cow;
+
+use super::{BodyChunkView, HttpRequestView, HttpResponseView, PhaseRequestView};
+
+/// Read `payload` as a phase request, or `None` to leave it to serde.
+pub(super) fn decode(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
+    let mut reader = Reader { rest: payload };
+    let request = reader.phase_request()?;
+    reader.rest.is_empty().then_some(request)
+}
+
+/// `bytes` as text, if they are UTF-8. Header names and values are
+/// nearly always ASCII, which is checked several times faster than UTF-8.
+fn text(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// The unread part of a message.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+/// Marks a field as seen, refusing a second occurrence (serde reports
+/// duplicate fields as an error, so the slow path must see them).
+fn first_time(seen: &mut u16, field: u16) -> Option<()> {
+    (*seen & field == 0).then(|| *seen |= field)
+}
+
+impl<'a> Reader<'a> {
+    fn phase_request(&mut self) -> Option<PhaseRequestView<'a>> {
+        const VERSION: u16 = 1;
+        const REQUEST_ID: u16 = 2;
+        const SESSION_ID: u16 = 4;
+        const PHASE: u16 = 8;
+        const REQUEST: u16 = 16;
+        const RESPONSE: u16 = 32;
+        const CHUNK: u16 = 64;
+        const DURATION: u16 = 128;
+        let (mut version, mut request_id, mut phase, mut request) = (None, None, None, None);
+        let mut session_id = None;
+        let mut response = None;
+        let mut chunk = None;
+        let mut duration_ms = None;
+        let mut seen = 0;
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"version" => {
+                    first_time(&mut seen, VERSION)?;
+                    version = Some(u16::try_from(self.uint()?).ok()?);
+                }
+                b"request_id" => {
+                    first_time(&mut seen, REQUEST_ID)?;
+                    request_id = Some(self.str()?);
+                }
+                b"session_id" => {
+                    first_time(&mut seen, SESSION_ID)?;
+                    session_id = self.optional(Self::uint)?;
+                }
+                b"phase" => {
+                    first_time(&mut seen, PHASE)?;
+                    phase = Some(self.str()?);
+                }
+                b"request" => {
+                    first_time(&mut seen, REQUEST)?;
+                    request = Some(self.http_request()?);
+                }
+                b"response" => {
+                    first_time(&mut seen, RESPONSE)?;
+                    response = self.optional(Self::http_response)?;
+                }
+                b"chunk" => {
+                    first_time(&mut seen, CHUNK)?;
+                    chunk = self.optional(Self::body_chunk)?;
+                }
+                b"duration_ms" => {
+                    first_time(&mut seen, DURATION)?;
+                    duration_ms = self.optional(Self::uint)?;
+                }
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(PhaseRequestView {
+            version: version?,
+            request_id: request_id?,
+            session_id,
+            phase: phase?,
+            request: request?,
+            response,
+            chunk,
+            duration_ms,
+        })
+    }
+
+    fn http_request(&mut self) -> Option<HttpRequestView<'a>> {
+        const METHOD: u16 = 1;
+        const PATH: u16 = 2;
+        const QUERY: u16 = 4;
+        const HOST: u16 = 8;
+        const CLIENT_IP: u16 = 16;
+        const HEADERS: u16 = 32;
+        const BODY: u16 = 64;
+        let (mut method, mut path, mut query, mut host, mut client_ip) =
+            (None, None, None, None, None);
+        let mut headers = Vec::new();
+        let mut body = None;
+        let mut seen = 0;
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"method" => {
+                    first_time(&mut seen, METHOD)?;
+                    method = Some(self.str()?);
+                }
+                b"path" => {
+                    first_time(&mut seen, PATH)?;
+                    path = Some(self.str()?);
+                }
+                b"query" => {
+                    first_time(&mut seen, QUERY)?;
+                    query = self.optional(Self::str)?;
+                }
+                b"host" => {
+                    first_time(&mut seen, HOST)?;
+                    host = self.optional(Self::str)?;
+                }
+                b"client_ip" => {
+                    first_time(&mut seen, CLIENT_IP)?;
+                    client_ip = self.optional(Self::str)?;
+                }
+                b"headers" => {
+                    first_time(&mut seen, HEADERS)?;
+                    headers = self.headers()?;
+                }
+                b"body" => {
+                    first_time(&mut seen, BODY)?;
+                    body = self.optional(Self::bin)?.map(Cow::Borrowed);
+                }
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(HttpRequestView {
+            method: method?,
+            path: path?,
+            query,
+            host,
+            client_ip,
+            headers,
+            body,
+        })
+    }
+
+    fn http_response(&mut self) -> Option<HttpResponseView<'a>> {
+        const STATUS: u16 = 1;
+        const HEADERS: u16 = 2;
+        const BODY: u16 = 4;
+        let mut status = None;
+        let mut headers = Vec::new();
+        let mut body = None;
+        let mut seen = 0;
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"status" => {
+                    first_time(&mut seen, STATUS)?;
+                    status = Some(u16::try_from(self.uint()?).ok()?);
+                }
+                b"headers" => {
+                    first_time(&mut seen, HEADERS)?;
+                    headers = self.headers()?;
+                }
+                b"body" => {
+                    first_time(&mut seen, BODY)?;
+                    body = self.optional(Self::bin)?.map(Cow::Borrowed);
+                }
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(HttpResponseView {
+            status: status?,
+            headers,
+            body,
+        })
+    }
+
+    fn body_chunk(&mut self) -> Option<BodyChunkView<'a>> {
+        const DATA: u16 = 1;
+        const END_OF_STREAM: u16 = 2;
+        const STATE: u16 = 4;
+        let (mut data, mut end_of_stream, mut state) = (None, None, None);
+        let mut seen = 0;
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"data" => {
+                    first_time(&mut seen, DATA)?;
+                    data = Some(Cow::Borrowed(self.bin()?));
+                }
+                b"end_of_stream" => {
+                    first_time(&mut seen, END_OF_STREAM)?;
+                    end_of_stream = Some(self.bool()?);
+                }
+                b"state" => {
+                    first_time(&mut seen, STATE)?;
+                    state = self.optional(Self::bin)?.map(Cow::Borrowed);
+                }
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(BodyChunkView {
+            data: data?,
+            end_of_stream: end_of_stream?,
+            state,
+        })
+    }
+
+    /// A header list: `nil`, or an array of `[name, value]` arrays.
+    fn headers(&mut self) -> Option<Vec<(&'a str, &'a str)>> {
+        if self.nil() {
+            return Some(Vec::new());
+        }
+        let count = self.array_len()?;
+        // Each pair takes at least three bytes; a length beyond that is a
+        // lie and must not size the allocation.
+        let mut headers = Vec::with_capacity(count.min(self.rest.len() / 3));
+        for _ in 0..count {
+            if self.array_len()? != 2 {
+                return None;
+            }
+            headers.push((self.str()?, self.str()?));
+        }
+        Some(headers)
+    }
+
+    /// `nil` as `None`, otherwise what `read` reads.
+    fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.nil() {
+            Some(None)
+        } else {
+            read(self).map(Some)
+        }
+    }
+
+    /// A map key: a `str`, as bytes.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let len = self.str_len()?;
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = self.str_len()?;
+        text(self.take(len)?)
+    }
+
+    fn str_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            marker @ 0xa0..=0xbf => Some(usize::from(marker & 0x1f)),
+            0xd9 => self.be::<1>(),
+            0xda => self.be::<2>(),
+            0xdb => self.be::<4>(),
+            _ => None,
+        }
+    }
+
+    fn bin(&mut self) -> Option<&'a [u8]> {
+        let len = match self.byte()? {
+            0xc4 => self.be::<1>()?,
+            0xc5 => self.be::<2>()?,
+            0xc6 => self.be::<4>()?,
+            _ => return None,
+        };
+        self.take(len)
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            value @ 0x00..=0x7f => Some(u64::from(value)),
+            0xcc => self.be::<1>().map(|v| v as u64),
+            0xcd => self.be::<2>().map(|v| v as u64),
+            0xce => self.be::<4>().map(|v| v as u64),
+            0xcf => Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        match self.byte()? {
+            0xc2 => Some(false),
+            0xc3 => Some(true),
+            _ => None,
+        }
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            marker @ 0x80..=0x8f => Some(usize::from(marker & 0x0f)),
+            0xde => self.be::<2>(),
+            0xdf => self.be::<4>(),
+            _ => None,
+        }
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            marker @ 0x90..=0x9f => Some(usize::from(marker & 0x0f)),
+            0xdc => self.be::<2>(),
+            0xdd => self.be::<4>(),
+            _ => None,
+        }
+    }
+
+    /// Consumes a `nil` if one is next.
+    fn nil(&mut self) -> bool {
+        match self.rest.split_first() {
+            Some((0xc0, rest)) => {
+                self.rest = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Skips the value of a field this reader does not know, after making
+    /// sure its name is text.
+    fn skip_field(&mut self, name: &[u8]) -> Option<()> {
+        text(name)?;
+        self.skip_value()
+    }
+
+    /// Skips one value of any type, nested ones included, without
+    /// recursing: `pending` counts the values still to skip.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut pending: usize = 1;
+        while pending > 0 {
+            pending -= 1;
+            if let Some(0xa0..=0xbf | 0xd9..=0xdb) = self.rest.first() {
+                // Strings are checked as serde would read them.
+                self.str()?;
+                continue;
+            }
+            let marker = self.byte()?;
+            let (payload, items) = match marker {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+                0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+                0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+                0xc4 => (self.be::<1>()?, 0),
+                0xc5 => (self.be::<2>()?, 0),
+                0xc6 => (self.be::<4>()?, 0),
+                0xca => (4, 0),
+                0xcb => (8, 0),
+                0xcc | 0xd0 => (1, 0),
+                0xcd | 0xd1 => (2, 0),
+                0xce | 0xd2 => (4, 0),
+                0xcf | 0xd3 => (8, 0),
+                0xdc => (0, self.be::<2>()?),
+                0xdd => (0, self.be::<4>()?),
+                0xde => (0, 2 * self.be::<2>()?),
+                0xdf => (0, 2usize.checked_mul(self.be::<4>()?)?),
+                // Extension types have no place in a phase request; serde
+                // decides about them. 0xc1 is never used.
+                _ => return None,
+            };
+            self.take(payload)?;
+            // Every value takes at least one byte, so more pending values
+            // than bytes left is malformed; this also bounds the loop.
+            pending = pending.checked_add(items)?;
+            if pending > self.rest.len() {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(first)
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if len > self.rest.len() {
+            return None;
+        }
+        let (taken, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some(taken)
+    }
+
+    /// A big-endian unsigned integer of `N` bytes (1, 2 or 4).
+    fn be<const N: usize>(&mut self) -> Option<usize> {
+        let bytes: [u8; N] = self.take(N)?.try_into().ok()?;
+        Some(bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b)))
+    }
+}
