@@ -24,6 +24,19 @@ pub mod config;
 mod decision;
 mod headers;
 pub mod log;
+pub mod small_alloc;
+
+/// Small blocks from size classes, the rest from the standard allocator
+/// (see [`small_alloc`]). Turn off the default `small-alloc` feature to
+/// install an allocator of your own.
+#[cfg(all(
+    feature = "small-alloc",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: small_alloc::SmallObjects<std::alloc::System> =
+    small_alloc::SmallObjects::new(std::alloc::System);
 
 /// Bindings generated from `wit/plugin.wit`. Plugin code rarely needs them
 /// directly; the types are re-exported at the crate root.
