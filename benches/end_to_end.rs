@@ -13,7 +13,9 @@
 //! over the rounds of throughput, p50 and p99, and the ratios (c)/(a) and
 //! (c)/(b) of the median throughputs; then the host's start-up time (cold
 //! and with a warm compiled cache) and its resident memory idle and under
-//! load. The table is printed and written, with every round, as JSON to
+//! load. At concurrency 1 the latency is also measured with the three
+//! responders taking turns request by request, which a noisy machine
+//! cannot skew against one of them. The table is printed and written, with every round, as JSON to
 //! `target/bench/end_to_end.json`.
 //!
 //! `cargo bench --bench end_to_end`, options after `--`:
@@ -288,6 +290,36 @@ async fn measure(
     }
 }
 
+/// Latency at concurrency 1 with the responders taking turns request by
+/// request: one client sends to (a), (b), (c), (a), ... for `duration`, so
+/// every responder is measured in the same moments and a slow spell of the
+/// machine falls on all three alike. Returns (responder, p50 µs, p99 µs).
+async fn interleaved_latency(
+    client: &async_nats::Client,
+    subjects: &[(&'static str, &'static str, u32)],
+    payload: bytes::Bytes,
+    duration: Duration,
+) -> Vec<(&'static str, f64, f64)> {
+    let mut latencies = vec![Vec::new(); subjects.len()];
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        for (samples, &(_, subject, _)) in latencies.iter_mut().zip(subjects) {
+            let sent = Instant::now();
+            client.request(subject, payload.clone()).await.unwrap();
+            samples.push(sent.elapsed().as_nanos() as u64);
+        }
+    }
+    subjects
+        .iter()
+        .zip(latencies)
+        .map(|(&(responder, _, _), mut samples)| {
+            samples.sort_unstable();
+            let percentile = |p: f64| samples[(samples.len() as f64 * p) as usize] as f64 / 1000.0;
+            (responder, percentile(0.50), percentile(0.99))
+        })
+        .collect()
+}
+
 async fn run(settings: &Settings) {
     let duration = settings.duration;
     let server = NatsServer::start();
@@ -404,6 +436,22 @@ async fn run(settings: &Settings) {
         rounds.extend(by_responder.into_iter().flatten());
     }
     println!();
+    let interleaved = interleaved_latency(
+        &client,
+        &subjects,
+        payload.clone(),
+        duration * settings.rounds as u32,
+    )
+    .await;
+    let echo_p50 = interleaved[0].1;
+    print!("concurrency 1, responders taking turns request by request: p50/p99 µs");
+    for (responder, p50, p99) in &interleaved {
+        print!(" {responder} {p50:.1}/{p99:.1}");
+    }
+    println!(
+        "; natsplug p50 {:+.1} µs over echo",
+        interleaved[2].1 - echo_p50
+    );
     println!(
         "start to ready with 4 plugins: cold {:.0} ms, warm cache {:.0} ms",
         cold_start.as_secs_f64() * 1000.0,
@@ -419,6 +467,10 @@ async fn run(settings: &Settings) {
         "host_workers": settings.host_workers,
         "results": summary,
         "every_round": rounds,
+        "interleaved_concurrency_1": interleaved
+            .iter()
+            .map(|(responder, p50, p99)| serde_json::json!({ "responder": responder, "p50_us": p50, "p99_us": p99 }))
+            .collect::<Vec<_>>(),
         "startup_ms": { "cold": cold_start.as_secs_f64() * 1000.0, "warm_cache": warm_start.as_secs_f64() * 1000.0 },
         "resident_mib": { "idle": idle_mib, "peak_under_load": peak_mib },
     });
