@@ -38,12 +38,6 @@ struct Reader<'a> {
     rest: &'a [u8],
 }
 
-/// Marks a field as seen, refusing a second occurrence (serde reports
-/// duplicate fields as an error, so the slow path must see them).
-fn first_time(seen: &mut u16, field: u16) -> Option<()> {
-    (*seen & field == 0).then(|| *seen |= field)
-}
-
 impl<'a> Reader<'a> {
     fn phase_request(&mut self) -> Option<PhaseRequestView<'a>> {
         const VERSION: u16 = 1;
@@ -62,37 +56,22 @@ impl<'a> Reader<'a> {
         let mut seen = 0;
         for _ in 0..self.map_len()? {
             match self.key()? {
-                b"version" => {
-                    first_time(&mut seen, VERSION)?;
-                    version = Some(u16::try_from(self.uint()?).ok()?);
-                }
-                b"request_id" => {
-                    first_time(&mut seen, REQUEST_ID)?;
-                    request_id = Some(self.str()?);
-                }
+                b"version" => version = Some(self.once(&mut seen, VERSION, Self::u16)?),
+                b"request_id" => request_id = Some(self.once(&mut seen, REQUEST_ID, Self::str)?),
                 b"session_id" => {
-                    first_time(&mut seen, SESSION_ID)?;
-                    session_id = self.optional(Self::uint)?;
+                    session_id = self.once(&mut seen, SESSION_ID, |r| r.optional(Self::uint))?
                 }
-                b"phase" => {
-                    first_time(&mut seen, PHASE)?;
-                    phase = Some(self.str()?);
-                }
-                b"request" => {
-                    first_time(&mut seen, REQUEST)?;
-                    request = Some(self.http_request()?);
-                }
+                b"phase" => phase = Some(self.once(&mut seen, PHASE, Self::str)?),
+                b"request" => request = Some(self.once(&mut seen, REQUEST, Self::http_request)?),
                 b"response" => {
-                    first_time(&mut seen, RESPONSE)?;
-                    response = self.optional(Self::http_response)?;
+                    response =
+                        self.once(&mut seen, RESPONSE, |r| r.optional(Self::http_response))?
                 }
                 b"chunk" => {
-                    first_time(&mut seen, CHUNK)?;
-                    chunk = self.optional(Self::body_chunk)?;
+                    chunk = self.once(&mut seen, CHUNK, |r| r.optional(Self::body_chunk))?
                 }
                 b"duration_ms" => {
-                    first_time(&mut seen, DURATION)?;
-                    duration_ms = self.optional(Self::uint)?;
+                    duration_ms = self.once(&mut seen, DURATION, |r| r.optional(Self::uint))?
                 }
                 other => self.skip_field(other)?,
             }
@@ -124,34 +103,15 @@ impl<'a> Reader<'a> {
         let mut seen = 0;
         for _ in 0..self.map_len()? {
             match self.key()? {
-                b"method" => {
-                    first_time(&mut seen, METHOD)?;
-                    method = Some(self.str()?);
-                }
-                b"path" => {
-                    first_time(&mut seen, PATH)?;
-                    path = Some(self.str()?);
-                }
-                b"query" => {
-                    first_time(&mut seen, QUERY)?;
-                    query = self.optional(Self::str)?;
-                }
-                b"host" => {
-                    first_time(&mut seen, HOST)?;
-                    host = self.optional(Self::str)?;
-                }
+                b"method" => method = Some(self.once(&mut seen, METHOD, Self::str)?),
+                b"path" => path = Some(self.once(&mut seen, PATH, Self::str)?),
+                b"query" => query = self.once(&mut seen, QUERY, |r| r.optional(Self::str))?,
+                b"host" => host = self.once(&mut seen, HOST, |r| r.optional(Self::str))?,
                 b"client_ip" => {
-                    first_time(&mut seen, CLIENT_IP)?;
-                    client_ip = self.optional(Self::str)?;
+                    client_ip = self.once(&mut seen, CLIENT_IP, |r| r.optional(Self::str))?
                 }
-                b"headers" => {
-                    first_time(&mut seen, HEADERS)?;
-                    headers = self.headers()?;
-                }
-                b"body" => {
-                    first_time(&mut seen, BODY)?;
-                    body = self.optional(Self::bin)?.map(Cow::Borrowed);
-                }
+                b"headers" => headers = self.once(&mut seen, HEADERS, Self::headers)?,
+                b"body" => body = self.once(&mut seen, BODY, Self::optional_bytes)?,
                 other => self.skip_field(other)?,
             }
         }
@@ -176,18 +136,9 @@ impl<'a> Reader<'a> {
         let mut seen = 0;
         for _ in 0..self.map_len()? {
             match self.key()? {
-                b"status" => {
-                    first_time(&mut seen, STATUS)?;
-                    status = Some(u16::try_from(self.uint()?).ok()?);
-                }
-                b"headers" => {
-                    first_time(&mut seen, HEADERS)?;
-                    headers = self.headers()?;
-                }
-                b"body" => {
-                    first_time(&mut seen, BODY)?;
-                    body = self.optional(Self::bin)?.map(Cow::Borrowed);
-                }
+                b"status" => status = Some(self.once(&mut seen, STATUS, Self::u16)?),
+                b"headers" => headers = self.once(&mut seen, HEADERS, Self::headers)?,
+                b"body" => body = self.once(&mut seen, BODY, Self::optional_bytes)?,
                 other => self.skip_field(other)?,
             }
         }
@@ -206,18 +157,11 @@ impl<'a> Reader<'a> {
         let mut seen = 0;
         for _ in 0..self.map_len()? {
             match self.key()? {
-                b"data" => {
-                    first_time(&mut seen, DATA)?;
-                    data = Some(Cow::Borrowed(self.bin()?));
-                }
+                b"data" => data = Some(Cow::Borrowed(self.once(&mut seen, DATA, Self::bin)?)),
                 b"end_of_stream" => {
-                    first_time(&mut seen, END_OF_STREAM)?;
-                    end_of_stream = Some(self.bool()?);
+                    end_of_stream = Some(self.once(&mut seen, END_OF_STREAM, Self::bool)?)
                 }
-                b"state" => {
-                    first_time(&mut seen, STATE)?;
-                    state = self.optional(Self::bin)?.map(Cow::Borrowed);
-                }
+                b"state" => state = self.once(&mut seen, STATE, Self::optional_bytes)?,
                 other => self.skip_field(other)?,
             }
         }
@@ -226,6 +170,22 @@ impl<'a> Reader<'a> {
             end_of_stream: end_of_stream?,
             state,
         })
+    }
+
+    /// Reads a field's value with `read`, after marking the field (one bit
+    /// of `seen`) as read. A field given twice is refused: serde reports it
+    /// as an error, so it must go the slow way.
+    fn once<T>(
+        &mut self,
+        seen: &mut u16,
+        field: u16,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        if *seen & field != 0 {
+            return None;
+        }
+        *seen |= field;
+        read(self)
     }
 
     /// A header list: `nil`, or an array of `[name, value]` arrays.
@@ -276,6 +236,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `nil` or `bin`, borrowed.
+    fn optional_bytes(&mut self) -> Option<Option<Cow<'a, [u8]>>> {
+        Some(self.optional(Self::bin)?.map(Cow::Borrowed))
+    }
+
     fn bin(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             0xc4 => self.be::<1>()?,
@@ -284,6 +249,10 @@ impl<'a> Reader<'a> {
             _ => return None,
         };
         self.take(len)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        u16::try_from(self.uint()?).ok()
     }
 
     fn uint(&mut self) -> Option<u64> {
