@@ -14,8 +14,9 @@
 //! (c)/(b) of the median throughputs; then the host's start-up time (cold
 //! and with a warm compiled cache) and its resident memory idle and under
 //! load. At concurrency 1 the latency is also measured with the three
-//! responders taking turns request by request, which a noisy machine
-//! cannot skew against one of them. The table is printed and written, with every round, as JSON to
+//! responders taking turns request by request: all three are measured in
+//! the same moments, each idle between two of its requests. The table is
+//! printed and written, with every round, as JSON to
 //! `target/bench/end_to_end.json`.
 //!
 //! `cargo bench --bench end_to_end`, options after `--`:
