@@ -71,6 +71,30 @@ async fn malformed_msgpack_gets_a_400() {
 }
 
 #[tokio::test]
+async fn a_message_nested_too_deeply_gets_a_400() {
+    let server = NatsServer::start();
+    let (host, client) = setup(&server).await;
+    // A good request with one more field whose value is 3000 arrays deep.
+    let mut deep = natsplug::protocol::encode_request(&request("request_filter", "d", "GET", "/"));
+    deep[0] += 1;
+    deep.extend(b"\xa4deep");
+    deep.extend([0x91; 3000]);
+    deep.push(0xc0);
+    let raw = client
+        .send_raw(PLUGIN, "request_filter", deep)
+        .await
+        .unwrap();
+    assert_error(
+        &raw,
+        400,
+        "",
+        "malformed phase request: depth limit exceeded",
+    );
+    assert_still_serving(&client).await;
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_future_version_gets_a_400_naming_both_versions() {
     let server = NatsServer::start();
     let (host, client) = setup(&server).await;

@@ -343,7 +343,7 @@ pub fn decode_request_view(
     // by serde.
     let decoded = match fast::decode(payload) {
         Some(request) => Ok(request),
-        None => rmp_serde::from_slice::<PhaseRequestView<'_>>(payload),
+        None => from_message::<PhaseRequestView<'_>>(payload),
     };
     match decoded {
         Ok(request) => {
@@ -373,7 +373,7 @@ pub fn decode_request_view(
             Ok(request)
         }
         Err(decode_error) => {
-            let envelope = rmp_serde::from_slice::<Envelope>(payload).ok();
+            let envelope = from_message::<Envelope>(payload).ok();
             let request_id = envelope
                 .as_ref()
                 .and_then(|e| e.request_id.clone())
@@ -392,7 +392,7 @@ pub fn decode_request_view(
 /// The `request_id` of a payload, when it can be read; empty otherwise.
 /// Reads only that field, for replies to requests refused unread.
 pub fn peek_request_id(payload: &[u8]) -> String {
-    rmp_serde::from_slice::<Envelope>(payload)
+    from_message::<Envelope>(payload)
         .ok()
         .and_then(|e| e.request_id)
         .unwrap_or_default()
@@ -447,7 +447,19 @@ fn reply_size_hint(reply: &PhaseReply) -> usize {
 
 /// Decode a reply (for callers and tests).
 pub fn decode_reply(payload: &[u8]) -> Result<PhaseReply, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(payload)
+    from_message(payload)
+}
+
+/// How deeply arrays and maps may nest in a message. A request is four
+/// levels deep; the limit keeps a hostile message from exhausting the
+/// decoding thread's stack while unknown fields are skipped.
+pub const MAX_NESTING: usize = 64;
+
+/// Decode `payload` with serde, refusing nesting beyond [`MAX_NESTING`].
+fn from_message<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(payload);
+    deserializer.set_max_depth(MAX_NESTING);
+    T::deserialize(&mut deserializer)
 }
 
 #[cfg(test)]
@@ -820,7 +832,7 @@ mod tests {
         /// Holds the reader to serde's answer for `bytes`.
         fn agrees_with_serde(bytes: &[u8]) -> Result<(), TestCaseError> {
             if let Some(view) = fast::decode(bytes) {
-                let by_serde = rmp_serde::from_slice::<PhaseRequestView<'_>>(bytes);
+                let by_serde = from_message::<PhaseRequestView<'_>>(bytes);
                 prop_assert_eq!(Some(view), by_serde.ok());
             }
             Ok(())
@@ -902,6 +914,32 @@ mod tests {
             twice.extend(rmp_serde::to_vec("version").unwrap());
             twice.push(1);
             assert_eq!(fast::decode(&twice), None);
+            // An unknown field nested beyond serde's depth limit.
+            let mut deep = encode_request(&request);
+            deep[0] += 1;
+            deep.extend(rmp_serde::to_vec("from_the_future").unwrap());
+            deep.extend([0x91; 2000]);
+            deep.push(0xc0);
+            assert_eq!(fast::decode(&deep), None);
+            let (id, error) = decode_request(&deep, Phase::RequestFilter).unwrap_err();
+            assert_eq!((id.as_str(), error.code()), ("", 400));
+            assert!(
+                error.to_string().contains("depth limit exceeded"),
+                "{error}"
+            );
+            // Nesting within the limit is skipped, by both readers.
+            let mut nested = encode_request(&request);
+            nested[0] += 1;
+            nested.extend(rmp_serde::to_vec("from_the_future").unwrap());
+            nested.extend([0x91; 40]);
+            nested.push(0xc0);
+            assert_eq!(fast::decode(&nested).unwrap().to_request(), request);
+            assert_eq!(
+                from_message::<PhaseRequestView<'_>>(&nested)
+                    .unwrap()
+                    .to_request(),
+                request
+            );
             // Trailing bytes after the map.
             let mut trailing = encode_request(&request);
             trailing.push(0xc0);

@@ -33,6 +33,11 @@ fn text(bytes: &[u8]) -> Option<&str> {
     }
 }
 
+/// The most arrays and maps an unknown field's value may hold for this
+/// reader to skip it; more go to serde, which refuses nesting deeper than
+/// [`super::MAX_NESTING`] (a value that deep holds at least as many).
+const MAX_SKIPPED_CONTAINERS: usize = super::MAX_NESTING - 4;
+
 /// The unread part of a message.
 struct Reader<'a> {
     rest: &'a [u8],
@@ -311,9 +316,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one value of any type, nested ones included, without
-    /// recursing: `pending` counts the values still to skip.
+    /// recursing: `pending` counts the values still to skip. A value of
+    /// more than [`MAX_SKIPPED_CONTAINERS`] arrays and maps goes to serde,
+    /// which may refuse it as nested too deeply.
     fn skip_value(&mut self) -> Option<()> {
         let mut pending: usize = 1;
+        let mut containers = 0;
         while pending > 0 {
             pending -= 1;
             if let Some(0xa0..=0xbf | 0xd9..=0xdb) = self.rest.first() {
@@ -344,6 +352,12 @@ impl<'a> Reader<'a> {
                 _ => return None,
             };
             self.take(payload)?;
+            if matches!(marker, 0x80..=0x9f | 0xdc..=0xdf) {
+                containers += 1;
+                if containers > MAX_SKIPPED_CONTAINERS {
+                    return None;
+                }
+            }
             // Every value takes at least one byte, so more pending values
             // than bytes left is malformed; this also bounds the loop.
             pending = pending.checked_add(items)?;
