@@ -167,7 +167,8 @@ pub fn run(
             }
         },
     };
-    let request_id = request.request_id.to_string();
+    // Borrowed from the message; copied only if the call fails.
+    let request_id = request.request_id;
     let timeout = plugin.limits.call_timeout;
     let result = call(instance, phase, request, trace_id, timeout);
     instance.calls += 1;
@@ -215,7 +216,7 @@ pub fn run(
     Outcome {
         records,
         dropped_records,
-        ..Outcome::failure_with_mode(request_id, failure, mode)
+        ..Outcome::failure_with_mode(request_id.to_string(), failure, mode)
     }
 }
 
