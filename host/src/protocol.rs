@@ -66,9 +66,13 @@ pub struct HttpRequest {
     pub body: Option<Vec<u8>>,
 }
 
-/// A header list where `nil` stands for an empty one.
-fn nil_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<HeaderList, D::Error> {
-    Ok(Option::<HeaderList>::deserialize(deserializer)?.unwrap_or_default())
+/// A header list, owned or borrowed, where `nil` stands for an empty one.
+fn nil_as_empty<'de, D, Headers>(deserializer: D) -> Result<Headers, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    Headers: Deserialize<'de> + Default,
+{
+    Ok(Option::<Headers>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The upstream HTTP response.
@@ -123,7 +127,7 @@ pub struct HttpRequestView<'a> {
     pub host: Option<&'a str>,
     #[serde(default)]
     pub client_ip: Option<&'a str>,
-    #[serde(default, borrow, deserialize_with = "nil_as_empty_view")]
+    #[serde(default, borrow, deserialize_with = "nil_as_empty")]
     pub headers: Vec<(&'a str, &'a str)>,
     #[serde(default, borrow, with = "serde_bytes")]
     pub body: Option<Cow<'a, [u8]>>,
@@ -133,7 +137,7 @@ pub struct HttpRequestView<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct HttpResponseView<'a> {
     pub status: u16,
-    #[serde(default, borrow, deserialize_with = "nil_as_empty_view")]
+    #[serde(default, borrow, deserialize_with = "nil_as_empty")]
     pub headers: Vec<(&'a str, &'a str)>,
     #[serde(default, borrow, with = "serde_bytes")]
     pub body: Option<Cow<'a, [u8]>>,
@@ -147,13 +151,6 @@ pub struct BodyChunkView<'a> {
     pub end_of_stream: bool,
     #[serde(default, borrow, with = "serde_bytes")]
     pub state: Option<Cow<'a, [u8]>>,
-}
-
-/// A borrowed header list where `nil` stands for an empty one.
-fn nil_as_empty_view<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<(&'a str, &'a str)>, D::Error> {
-    Ok(Option::<Vec<(&'a str, &'a str)>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl PhaseRequestView<'_> {
