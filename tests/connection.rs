@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +22,9 @@ use natsplug::nats::PermissionViolation;
 use natsplug::protocol::{self, Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
-use natsplug_suite::{NatsCluster, NatsServer, PhaseClient, TestHost, guests, natsplug_binary};
+use natsplug_suite::{
+    NatsCluster, NatsServer, PhaseClient, TestHost, UpProcess, guests, natsplug_binary,
+};
 
 const SUBJECT: &str = "nylon.plugin.header-injector.request_filter";
 
@@ -652,24 +654,16 @@ fn sigkill_of_one_of_two_hosts_leaves_the_other_serving_all_requests() {
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
-    let mut first = UpProcess::start(&server.url(), plugins.path(), cache.path(), "x-host-a");
-    let second = UpProcess::start(&server.url(), plugins.path(), cache.path(), "x-host-b");
+    let mut first = HeaderHost::start(&server.url(), plugins.path(), cache.path(), "x-host-a");
+    let second = HeaderHost::start(&server.url(), plugins.path(), cache.path(), "x-host-b");
 
     runtime.block_on(async {
         let client = server.connect().await;
         // Both hosts take requests (within a bound, on a busy machine).
         let mut before = BTreeMap::<String, usize>::new();
         for index in 0..1000 {
-            let id = format!("before-{index}");
-            let mut reply = None;
             // A busy machine may hold a reply past the 1 s timeout.
-            for _ in 0..5 {
-                reply = request_once(&client, SUBJECT, &id).await;
-                if reply.is_some() {
-                    break;
-                }
-            }
-            let reply = reply.unwrap_or_else(|| panic!("{id} was never answered"));
+            let reply = request_with_retries(&client, &format!("before-{index}"), 5).await;
             *before.entry(answered_by(&reply)).or_default() += 1;
             if index >= 100 && before.len() == 2 {
                 break;
@@ -681,21 +675,13 @@ fn sigkill_of_one_of_two_hosts_leaves_the_other_serving_all_requests() {
 
         let mut after = BTreeMap::<String, usize>::new();
         for index in 0..200 {
-            let id = format!("after-{index}");
-            let mut reply = None;
             // A request routed to the killed host before the server saw
             // it go is lost; the caller's retry reaches the other host.
             // Until the server sees the connection close (the kernel closes
             // a killed process's sockets after tearing down its memory, a
             // large reservation for a host's instance pool), about half the
             // retries still go to the dead host.
-            for _ in 0..20 {
-                reply = request_once(&client, SUBJECT, &id).await;
-                if reply.is_some() {
-                    break;
-                }
-            }
-            let reply = reply.unwrap_or_else(|| panic!("{id} was never answered"));
+            let reply = request_with_retries(&client, &format!("after-{index}"), 20).await;
             *after.entry(answered_by(&reply)).or_default() += 1;
         }
         assert_eq!(
@@ -833,6 +819,20 @@ async fn request_once(client: &async_nats::Client, subject: &str, id: &str) -> O
     }
 }
 
+/// [`request_once`] up to `attempts` times; panics if none is answered.
+async fn request_with_retries(
+    client: &async_nats::Client,
+    id: &str,
+    attempts: usize,
+) -> PhaseReply {
+    for _ in 0..attempts {
+        if let Some(reply) = request_once(client, SUBJECT, id).await {
+            return reply;
+        }
+    }
+    panic!("{id} was never answered in {attempts} attempts")
+}
+
 async fn wait_until_served(client: &async_nats::Client) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while request_once(client, SUBJECT, "warm-up").await.is_none() {
@@ -954,14 +954,14 @@ impl Drop for Ledger {
 }
 
 /// A `natsplug up` process serving the header injector under its own
-/// header name, its log in a temp file.
-struct UpProcess {
-    child: Child,
+/// header name.
+struct HeaderHost {
+    process: UpProcess,
     _config: tempfile::TempDir,
 }
 
-impl UpProcess {
-    fn start(url: &str, plugins: &Path, cache: &Path, header: &str) -> UpProcess {
+impl HeaderHost {
+    fn start(url: &str, plugins: &Path, cache: &Path, header: &str) -> HeaderHost {
         let config = tempfile::tempdir().unwrap();
         let file = config.path().join("natsplug.toml");
         std::fs::write(
@@ -969,36 +969,27 @@ impl UpProcess {
             format!("[plugin.header-injector.config]\nheader = \"{header}\"\n"),
         )
         .unwrap();
-        let mut child = Command::new(natsplug_binary())
-            .args(["up", "--nats", url, "--config"])
-            .arg(&file)
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache-dir")
-            .arg(cache)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting natsplug up");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().expect("a ready line").unwrap();
-        assert!(ready.starts_with("natsplug ready:"), "{ready}");
-        UpProcess {
-            child,
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let process = UpProcess::start(&[
+            "--nats",
+            url,
+            "--config",
+            &path(&file),
+            "--plugins",
+            &path(plugins),
+            "--cache-dir",
+            &path(cache),
+        ]);
+        HeaderHost {
+            process,
             _config: config,
         }
     }
 
     /// SIGKILL: no drain, no goodbye.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for UpProcess {
-    fn drop(&mut self) {
-        self.kill();
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 }
 
