@@ -157,6 +157,68 @@ async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
     assert_eq!(error.kind(), async_nats::RequestErrorKind::NoResponders);
 }
 
+#[tokio::test]
+async fn up_serves_on_when_nobody_reads_its_ready_lines() {
+    let server = NatsServer::start();
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // Standard output is a pipe nobody reads: writing to it fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(natsplug_binary())
+        .args(["up", "--nats", &server.url(), "--plugins"])
+        .arg(plugins.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .stdout(writer)
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .expect("starting natsplug up");
+    let mut up = UpProcess {
+        child,
+        ready_lines: Vec::new(),
+    };
+
+    let client = PhaseClient::new(server.connect().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let payload = natsplug::protocol::encode_request(&request("request_filter", "r", "GET", "/"));
+    let reply = loop {
+        match client
+            .send_raw("header-injector", "request_filter", payload.clone())
+            .await
+        {
+            Ok(reply) => break reply.reply(),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the host never served");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(reply.action, Action::Next);
+    // Still serving a moment later, and it said why nothing was printed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client
+            .send(
+                "header-injector",
+                &request("request_filter", "again", "GET", "/")
+            )
+            .await
+            .action,
+        Action::Next
+    );
+    assert!(up.child.try_wait().unwrap().is_none(), "the host exited");
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains("could not print the ready lines to standard output"),
+        "{logged}"
+    );
+    up.terminate();
+    assert!(up.wait_exit().success());
+}
+
 #[test]
 fn up_with_a_missing_plugins_directory_says_what_to_do() {
     let output = Command::new(natsplug_binary())

@@ -1,5 +1,6 @@
 //! `natsplug up`: run the host.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -179,8 +180,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let subjects = host.subjects().await;
     let status = host.status().await;
-    println!(
-        "natsplug ready: {} plugin(s), {} subject(s), queue group `{}`{}",
+    let mut ready = format!(
+        "natsplug ready: {} plugin(s), {} subject(s), queue group `{}`{}\n",
         status.len(),
         subjects.len(),
         host.config().subjects.queue_group,
@@ -191,8 +192,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     );
     for subject in &subjects {
-        println!("  {subject}");
+        ready.push_str(&format!("  {subject}\n"));
     }
+    // The ready lines are for whoever started the host. If it has stopped
+    // reading them (a closed pipe), the host serves on all the same.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(ready.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(%error, "could not print the ready lines to standard output");
+    }
+    drop(stdout);
 
     tokio::select! {
         _ = wait_for_signal() => {}
