@@ -1,76 +1,17 @@
 //! `natsplug up` as a real process: the ready line, serving, the embedded
 //! nats-server default, clear errors, and a graceful drain on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use natsplug::protocol::Action;
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
-use natsplug_suite::{NatsServer, PhaseClient, guests, natsplug_binary};
+use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, natsplug_binary};
 
-/// A running `natsplug up` and the lines it printed before it was ready.
-struct UpProcess {
-    child: Child,
-    ready_lines: Vec<String>,
-}
-
-impl UpProcess {
-    fn start(args: &[&str], plugins: &std::path::Path, cache: &std::path::Path) -> UpProcess {
-        let mut child = Command::new(natsplug_binary())
-            .arg("up")
-            .args(args)
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--cache-dir")
-            .arg(cache)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting natsplug up");
-        // The ready line says how many subject lines follow it.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().expect("a ready line").unwrap();
-        let subjects: usize = ready
-            .split(", ")
-            .nth(1)
-            .and_then(|part| part.split(' ').next())
-            .and_then(|count| count.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected ready line `{ready}`"));
-        let mut ready_lines = vec![ready];
-        for _ in 0..subjects {
-            ready_lines.push(lines.next().expect("a subject line").unwrap());
-        }
-        UpProcess { child, ready_lines }
-    }
-
-    fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natsplug did not exit within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for UpProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A path as an argument.
+fn path(path: &std::path::Path) -> String {
+    path.to_str().expect("a UTF-8 path").to_string()
 }
 
 #[tokio::test]
@@ -80,11 +21,17 @@ async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
     let cache = tempfile::tempdir().unwrap();
     install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
     install_file(plugins.path(), "authz", guests::AUTHZ);
-    let mut up = UpProcess::start(
-        &["--nats", &server.url(), "--queue-group", "edge"],
-        plugins.path(),
-        cache.path(),
-    );
+    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let mut up = UpProcess::start(&[
+        "--nats",
+        &server.url(),
+        "--queue-group",
+        "edge",
+        "--plugins",
+        &plugins_dir,
+        "--cache-dir",
+        &cache_dir,
+    ]);
     assert_eq!(
         up.ready_lines,
         vec![
@@ -163,23 +110,22 @@ async fn up_serves_on_when_nobody_reads_its_ready_lines() {
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
-    let log = tempfile::NamedTempFile::new().unwrap();
     // Standard output is a pipe nobody reads: writing to it fails.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let child = Command::new(natsplug_binary())
-        .args(["up", "--nats", &server.url(), "--plugins"])
-        .arg(plugins.path())
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .stdout(writer)
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .expect("starting natsplug up");
-    let mut up = UpProcess {
-        child,
-        ready_lines: Vec::new(),
-    };
+    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let mut up = UpProcess::spawn(
+        &[
+            "--nats",
+            &server.url(),
+            "--plugins",
+            &plugins_dir,
+            "--cache-dir",
+            &cache_dir,
+        ],
+        &[],
+        writer,
+    );
 
     let client = PhaseClient::new(server.connect().await);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -210,7 +156,7 @@ async fn up_serves_on_when_nobody_reads_its_ready_lines() {
         Action::Next
     );
     assert!(up.child.try_wait().unwrap().is_none(), "the host exited");
-    let logged = std::fs::read_to_string(log.path()).unwrap();
+    let logged = up.log();
     assert!(
         logged.contains("could not print the ready lines to standard output"),
         "{logged}"
@@ -302,25 +248,18 @@ async fn up_without_a_url_starts_a_local_nats_server_and_stops_it() {
     // With it on PATH, `up` starts one and serves through it.
     install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
     let server_dir = natsplug_suite::nats_server::server_binary();
-    let path = format!(
+    let search_path = format!(
         "{}:{}",
         server_dir.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new(natsplug_binary())
-        .args(["up", "--plugins"])
-        .arg(plugins.path())
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .env("PATH", &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let mut up = UpProcess::start_with_env(
+        &["--plugins", &plugins_dir, "--cache-dir", &cache_dir],
+        &[("PATH", &search_path)],
+    );
     assert_eq!(
-        ready,
+        up.ready_lines[0],
         "natsplug ready: 1 plugin(s), 1 subject(s), queue group `natsplug`"
     );
     let client = PhaseClient::new(async_nats::connect("nats://127.0.0.1:4222").await.unwrap());
@@ -332,10 +271,6 @@ async fn up_without_a_url_starts_a_local_nats_server_and_stops_it() {
         .await;
     assert_eq!(reply.action, Action::Next);
     drop(client);
-    let mut up = UpProcess {
-        child,
-        ready_lines: vec![],
-    };
     up.terminate();
     assert!(up.wait_exit().success());
     let deadline = Instant::now() + Duration::from_secs(10);

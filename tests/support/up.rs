@@ -26,24 +26,11 @@ impl UpProcess {
 
     /// [`UpProcess::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> UpProcess {
-        let log = tempfile::NamedTempFile::new().expect("a log file");
-        let mut child = Command::new(natsplug_binary())
-            .arg("up")
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("the log file"))
-            .spawn()
-            .expect("starting natsplug up");
+        let mut up = UpProcess::spawn(args, env, Stdio::piped());
         // The ready line says how many subject lines follow it.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(up.child.stdout.take().unwrap()).lines();
         let Some(Ok(ready)) = lines.next() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "natsplug up exited before it was ready:\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
+            panic!("natsplug up exited before it was ready:\n{}", up.log());
         };
         let subjects: usize = ready
             .split(", ")
@@ -57,9 +44,25 @@ impl UpProcess {
         }
         // Keep reading stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        up.ready_lines = ready_lines;
+        up
+    }
+
+    /// Run `natsplug up ARGS` with its standard output going to `stdout`,
+    /// without waiting for the ready line.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], stdout: impl Into<Stdio>) -> UpProcess {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let child = Command::new(natsplug_binary())
+            .arg("up")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(log.reopen().expect("the log file"))
+            .spawn()
+            .expect("starting natsplug up");
         UpProcess {
             child,
-            ready_lines,
+            ready_lines: Vec::new(),
             log,
         }
     }
