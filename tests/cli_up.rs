@@ -271,7 +271,10 @@ async fn up_without_a_url_starts_a_local_nats_server_and_stops_it() {
         .await;
     assert_eq!(reply.action, Action::Next);
     drop(client);
-    up.terminate();
+    // Ctrl-C signals the whole group: the host drains through its server
+    // and then stops it (within the 20 s wait, well below the 30 s drain
+    // timeout a vanished server would cost).
+    up.interrupt_group();
     assert!(up.wait_exit().success());
     let deadline = Instant::now() + Duration::from_secs(10);
     while natsplug::nats::is_listening("127.0.0.1:4222") {

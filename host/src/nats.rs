@@ -692,12 +692,19 @@ impl EmbeddedServer {
         })?;
         let store_dir =
             std::env::temp_dir().join(format!("natsplug-jetstream-{}", std::process::id()));
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
             .arg(&store_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // Its own process group: Ctrl-C in a terminal signals the whole
+        // foreground group, and the server must outlive the host's drain
+        // (the host stops it once the last replies are out).
+        #[cfg(unix)]
+        command.process_group(0);
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut server = EmbeddedServer {

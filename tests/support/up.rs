@@ -2,6 +2,7 @@
 //! users do; and what those tests ask every host over `$SRV.INFO`.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,12 +53,15 @@ impl UpProcess {
     /// without waiting for the ready line.
     pub fn spawn(args: &[&str], env: &[(&str, &str)], stdout: impl Into<Stdio>) -> UpProcess {
         let log = tempfile::NamedTempFile::new().expect("a log file");
+        // Its own process group, like a command started from a shell, so
+        // a test can signal the group as a terminal's Ctrl-C does.
         let child = Command::new(natsplug_binary())
             .arg("up")
             .args(args)
             .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(log.reopen().expect("the log file"))
+            .process_group(0)
             .spawn()
             .expect("starting natsplug up");
         UpProcess {
@@ -81,6 +85,17 @@ impl UpProcess {
     pub fn terminate(&mut self) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Send SIGINT to the process group, as Ctrl-C in a terminal does
+    /// (the host and anything it started in its group).
+    pub fn interrupt_group(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 

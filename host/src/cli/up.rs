@@ -128,6 +128,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // Shared with the second-signal exit, which must stop it too.
+    let embedded = Arc::new(tokio::sync::Mutex::new(embedded));
     let mut nats_config = config.nats.clone();
     nats_config.urls = config.nats_urls();
     let connection = nats::connect_with(&nats_config).await?;
@@ -217,9 +219,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         "shutting down: draining subscriptions, finishing calls in flight (signal again to exit now)"
     );
-    tokio::spawn(async {
+    let embedded_on_exit = embedded.clone();
+    tokio::spawn(async move {
         wait_for_signal().await;
         eprintln!("second signal: exiting now");
+        if let Some(server) = embedded_on_exit.lock().await.take() {
+            server.stop().await;
+        }
         std::process::exit(130);
     });
     if let Some(watcher) = watcher {
@@ -229,7 +235,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         bucket.stop().await;
     }
     host.shutdown().await?;
-    if let Some(server) = embedded {
+    if let Some(server) = embedded.lock().await.take() {
         server.stop().await;
     }
     Ok(ExitCode::SUCCESS)
