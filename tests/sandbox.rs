@@ -451,3 +451,75 @@ async fn warm_instances_are_reused_and_recycled() {
     }
     host.host.shutdown().await.unwrap();
 }
+
+/// The header a misbehave reply counts its instance's calls in.
+fn calls_seen(raw: &RawReply) -> String {
+    raw.reply().request_headers.unwrap().set[0].1.clone()
+}
+
+// One async thread, as `natsplug up` runs on a small machine: a request
+// that runs on the thread that received it must not hold that thread's
+// NATS traffic up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_lone_request_runs_where_it_was_received_without_holding_up_the_rest() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config.runtime.workers = 1;
+        config.runtime.call_timeout_ms = 1500;
+    })
+    .await;
+
+    // Alone on an idle host: runs on the receiving thread, not the one
+    // worker, until its deadline.
+    let looping = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "/loop").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // So the worker is free for the neighbours, and the connection reads on.
+    let started = Instant::now();
+    assert_eq!(neighbour_requests(client.clone(), 5).await, 5);
+    assert!(
+        !looping.is_finished(),
+        "the neighbours were answered after the looping call ended ({:?})",
+        started.elapsed()
+    );
+    assert_error(
+        &looping.await.unwrap(),
+        504,
+        "plugin `misbehave` exceeded its 1500 ms deadline",
+    );
+
+    // The last call was long: the next request goes to the worker. The one
+    // after it is short again and runs on the receiving thread, on an
+    // instance of its own (the looping one was discarded).
+    let seen: Vec<String> = [
+        call(&client, "/ok").await,
+        call(&client, "/ok").await,
+        call(&client, "/ok").await,
+    ]
+    .iter()
+    .map(calls_seen)
+    .collect();
+    assert_eq!(seen, ["1", "1", "2"], "worker, then receiving thread twice");
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn shutdown_waits_for_a_call_running_where_it_was_received() {
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |_| {}).await;
+    let sleeping = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "/sleep").await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(host.host.in_flight(), 1);
+    host.host.shutdown().await.unwrap();
+    assert_eq!(
+        host.host.in_flight(),
+        0,
+        "shutdown returned before the call was answered"
+    );
+    assert_eq!(calls_seen(&sleeping.await.unwrap()), "1");
+}

@@ -8,6 +8,12 @@
 //! delays its neighbours by one call at most, not by its whole backlog.
 //! Each worker keeps one warm instance per plugin (when instances are
 //! reused) and publishes the reply itself.
+//!
+//! A request that arrives while the host has nothing else in flight, for a
+//! plugin whose last call was short, runs on the thread that received it:
+//! waking a sleeping worker costs more than such a call. The runtime's
+//! other tasks (NATS I/O among them) move to another thread for the time
+//! of the call (`block_in_place`), so plugin code still never holds them up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -28,6 +34,10 @@ use crate::stats::{EndpointStats, HostStats};
 /// How often an idle worker drops instances of unloaded plugins.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The longest last call of a plugin for its next request to run on the
+/// receiving thread; a slower plugin's requests always go to the workers.
+const RUN_HERE_MAX_CALL: Duration = Duration::from_millis(1);
+
 /// A request on its way to a plugin.
 pub struct Job {
     /// The plugin version the request will run on.
@@ -42,6 +52,14 @@ pub struct Job {
     pub permits: [OwnedSemaphorePermit; 2],
 }
 
+impl Job {
+    /// Whether this is the only request in flight on the host.
+    fn alone(&self, max_in_flight: usize) -> bool {
+        // The plugin's permit, then the host's.
+        self.permits[1].semaphore().available_permits() + 1 >= max_in_flight
+    }
+}
+
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -50,6 +68,8 @@ pub struct WorkerContext {
     pub settings: CallSettings,
     pub sink: Arc<dyn LogSink>,
     pub stats: Arc<HostStats>,
+    /// `runtime.max_in_flight`: the host's slots.
+    pub max_in_flight: usize,
 }
 
 /// One plugin's waiting jobs.
@@ -155,6 +175,26 @@ impl Scheduler {
         }
     }
 
+    /// Count a call of `plugin` about to run outside the workers, if none
+    /// of its jobs waits and it has room under its cap.
+    fn start_here(&self, plugin: &LoadedPlugin) -> bool {
+        let cap = self.cap(plugin);
+        let mut queues = self.lock();
+        let queue = queues
+            .plugins
+            .entry(plugin.name.clone())
+            .or_insert_with(|| PluginQueue {
+                jobs: VecDeque::new(),
+                running: 0,
+                ready: false,
+            });
+        if !queue.jobs.is_empty() || queue.running >= cap {
+            return false;
+        }
+        queue.running += 1;
+        true
+    }
+
     fn finished(&self, plugin: &LoadedPlugin) {
         let cap = self.cap(plugin);
         let mut queues = self.lock();
@@ -178,6 +218,9 @@ impl Scheduler {
 pub struct Executor {
     scheduler: Arc<Scheduler>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Warm instances of the calls run on the receiving thread.
+    here_warm: Arc<Mutex<WarmInstances>>,
+    context: WorkerContext,
 }
 
 impl Executor {
@@ -188,69 +231,190 @@ impl Executor {
             work: Condvar::new(),
             workers: count,
         });
+        let here_warm = Arc::new(Mutex::new(WarmInstances::default()));
         // The queues are unbounded; what bounds them are the concurrency
         // permits every job holds.
         let workers = (0..count)
             .map(|index| {
                 let scheduler = scheduler.clone();
                 let context = context.clone();
+                let here_warm = here_warm.clone();
                 std::thread::Builder::new()
                     .name(format!("natsplug-worker-{index}"))
-                    .spawn(move || worker_loop(&scheduler, context))
+                    .spawn(move || worker_loop(&scheduler, &context, &here_warm))
                     .context("starting a worker thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Executor {
             scheduler,
             workers: Mutex::new(workers),
+            here_warm,
+            context,
         })
     }
 
-    /// Queue a job.
-    pub fn submit(&self, job: Job) {
-        self.scheduler.submit(job);
+    /// Run `job`: on the receiving thread when the host has nothing else
+    /// to do (see [`Executor::may_run_here`]), else queued for the workers.
+    pub fn run(self: &Arc<Self>, job: Job) {
+        if !self.may_run_here(&job) {
+            self.scheduler.submit(job);
+            return;
+        }
+        // A task of its own, so the subscription it came from reads on
+        // meanwhile (and what arrives then goes to the workers).
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let plugin = job.plugin.clone();
+            let Done { reply, after_reply } = tokio::task::block_in_place(|| {
+                let mut warm = lock(&executor.here_warm);
+                execute(job, &mut warm, &executor.context)
+            });
+            if let Some(reply) = reply {
+                reply.publish(&executor.context).await;
+            }
+            after_reply.finish(&executor.context);
+            executor.scheduler.finished(&plugin);
+        });
+    }
+
+    /// Whether `job` is to run on the thread that received it: when it is
+    /// the only request in flight, its plugin's last call was short and has
+    /// room under its concurrency cap (then counted as running), and the
+    /// runtime can hand its other tasks to another thread meanwhile.
+    fn may_run_here(&self, job: &Job) -> bool {
+        let short = job.endpoint.last_call_nanos.load(Ordering::Relaxed)
+            <= RUN_HERE_MAX_CALL.as_nanos() as u64;
+        short
+            && job.alone(self.context.max_in_flight)
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+            && self.scheduler.start_here(&job.plugin)
     }
 
     /// Finish every job queued so far, then stop the workers. Blocks.
     pub fn shutdown(&self) {
         self.scheduler.lock().stopping = true;
         self.scheduler.work.notify_all();
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let workers = std::mem::take(&mut *lock(&self.workers));
         for worker in workers {
             let _ = worker.join();
         }
     }
 }
 
-/// A worker's warm instance of one plugin.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A warm instance of one plugin.
 struct WarmSlot {
     plugin: Weak<LoadedPlugin>,
     instance: Option<PluginInstance>,
 }
 
-fn worker_loop(scheduler: &Scheduler, context: WorkerContext) {
-    let mut warm: HashMap<String, WarmSlot> = HashMap::new();
+/// Warm instances by plugin name, one each: a worker's own, or those of
+/// the calls run on the receiving thread.
+#[derive(Default)]
+struct WarmInstances(HashMap<String, WarmSlot>);
+
+impl WarmInstances {
+    /// The slot for `plugin`'s current version.
+    fn slot(&mut self, plugin: &Arc<LoadedPlugin>) -> &mut WarmSlot {
+        // Look up before inserting: the common case needs no copy of the name.
+        if !self.0.contains_key(&plugin.name) {
+            let empty = WarmSlot {
+                plugin: Weak::new(),
+                instance: None,
+            };
+            self.0.insert(plugin.name.clone(), empty);
+        }
+        let Some(slot) = self.0.get_mut(&plugin.name) else {
+            unreachable!("the slot was just inserted")
+        };
+        slot.plugin = Arc::downgrade(plugin);
+        slot
+    }
+
+    /// Drop the instances of unloaded plugins: they hold pool slots.
+    fn sweep(&mut self, stats: &HostStats) {
+        self.0.retain(|_, slot| {
+            let keep = slot.plugin.strong_count() > 0;
+            if !keep && slot.instance.is_some() {
+                stats.warm_instances.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+    }
+}
+
+fn worker_loop(scheduler: &Scheduler, context: &WorkerContext, here_warm: &Mutex<WarmInstances>) {
+    let mut warm = WarmInstances::default();
     loop {
         match scheduler.next() {
             Ok(Some(job)) => {
                 let plugin = job.plugin.clone();
-                run_job(job, &mut warm, &context);
+                let Done { reply, after_reply } = execute(job, &mut warm, context);
+                if let Some(reply) = reply {
+                    context.runtime.block_on(reply.publish(context));
+                }
+                after_reply.finish(context);
                 scheduler.finished(&plugin);
             }
             Ok(None) => break,
-            // Instances of unloaded plugins hold pool slots: release them.
-            Err(()) => warm.retain(|_, slot| {
-                let keep = slot.plugin.strong_count() > 0;
-                if !keep && slot.instance.is_some() {
-                    context.stats.warm_instances.fetch_sub(1, Ordering::Relaxed);
+            Err(()) => {
+                warm.sweep(&context.stats);
+                if let Ok(mut here_warm) = here_warm.try_lock() {
+                    here_warm.sweep(&context.stats);
                 }
-                keep
-            }),
+            }
         }
     }
 }
 
-fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerContext) {
+/// A reply to publish.
+struct Reply {
+    to: async_nats::Subject,
+    payload: Vec<u8>,
+    error: Option<crate::protocol::RequestError>,
+}
+
+impl Reply {
+    async fn publish(self, context: &WorkerContext) {
+        publish_outcome(
+            &context.client,
+            self.to,
+            self.payload,
+            self.error.as_ref(),
+            &context.stats,
+        )
+        .await;
+    }
+}
+
+/// A job run: its reply, and what to do once the reply is sent.
+struct Done {
+    reply: Option<Reply>,
+    after_reply: AfterReply,
+}
+
+/// What a job holds until its reply is sent.
+struct AfterReply {
+    permits: [OwnedSemaphorePermit; 2],
+    records: Vec<LogRecord>,
+}
+
+impl AfterReply {
+    /// Release the concurrency permits and emit the call's log records.
+    fn finish(self, context: &WorkerContext) {
+        drop(self.permits);
+        for record in self.records {
+            context.sink.emit(record);
+        }
+    }
+}
+
+/// Run `job` on its warm instance in `warm`, count it and report a failure.
+fn execute(job: Job, warm: &mut WarmInstances, context: &WorkerContext) -> Done {
     let Job {
         plugin,
         phase,
@@ -268,19 +432,9 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
                 .and_then(|(_, values)| values.first().map(|v| v.as_str().to_string()))
         })
         .and_then(|v| trace_id_of(&v));
-    // Look up before inserting: the common case needs no copy of the name.
-    if !warm.contains_key(&plugin.name) {
-        let empty = WarmSlot {
-            plugin: Weak::new(),
-            instance: None,
-        };
-        warm.insert(plugin.name.clone(), empty);
-    }
-    let Some(slot) = warm.get_mut(&plugin.name) else {
-        unreachable!("the slot was just inserted")
-    };
-    slot.plugin = Arc::downgrade(&plugin);
+    let slot = warm.slot(&plugin);
     let was_warm = slot.instance.is_some();
+    let started = Instant::now();
     let mut outcome = dispatch::run(
         &mut slot.instance,
         &plugin,
@@ -289,6 +443,9 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         trace_id,
         &context.settings,
     );
+    endpoint
+        .last_call_nanos
+        .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let warm_change = i64::from(slot.instance.is_some()) - i64::from(was_warm);
     if warm_change != 0 {
         context
@@ -311,18 +468,13 @@ fn run_job(job: Job, warm: &mut HashMap<String, WarmSlot>, context: &WorkerConte
         let request_id = crate::protocol::peek_request_id(&message.payload);
         report_failure(context, &plugin, phase, &request_id, &outcome);
     }
-    if let Some(reply_to) = message.reply {
-        context.runtime.block_on(publish_outcome(
-            &context.client,
-            reply_to,
-            outcome.payload,
-            outcome.error.as_ref(),
-            &context.stats,
-        ));
-    }
-    drop(permits);
-    for record in records {
-        context.sink.emit(record);
+    Done {
+        reply: message.reply.map(|to| Reply {
+            to,
+            payload: outcome.payload,
+            error: outcome.error,
+        }),
+        after_reply: AfterReply { permits, records },
     }
 }
 

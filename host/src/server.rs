@@ -249,6 +249,7 @@ impl Host {
                 settings: CallSettings::from_runtime(runtime, max_reply_bytes),
                 sink: sink.clone(),
                 stats: stats.clone(),
+                max_in_flight: runtime.max_in_flight,
             },
         )?;
         let dispatcher = Dispatcher {
@@ -840,7 +841,14 @@ impl Host {
         }
         let executor = self.dispatcher.executor.clone();
         let workers = tokio::task::spawn_blocking(move || executor.shutdown());
-        let workers_done = tokio::time::timeout_at(deadline, workers).await;
+        let workers_done = tokio::time::timeout_at(deadline, async {
+            let joined = workers.await;
+            // Calls run outside the workers hold their slots until replied.
+            let all = u32::try_from(self.config.runtime.max_in_flight).unwrap_or(u32::MAX);
+            let _ = self.dispatcher.host_permits.acquire_many(all).await;
+            joined
+        })
+        .await;
         let flushed = match workers_done {
             Ok(joined) => {
                 joined.context("waiting for the workers")?;
@@ -996,7 +1004,7 @@ impl Dispatcher {
                 return;
             }
         };
-        self.executor.submit(Job {
+        self.executor.run(Job {
             plugin: plugin.load_full(),
             phase,
             message,

@@ -22,6 +22,8 @@ pub struct EndpointStats {
     last_error: Mutex<Option<String>>,
     /// Time from receipt to reply, in seconds.
     pub latency: Histogram,
+    /// How long the last plugin call took, in nanoseconds.
+    pub last_call_nanos: AtomicU64,
 }
 
 impl Default for EndpointStats {
@@ -34,6 +36,7 @@ impl Default for EndpointStats {
             last_error: Mutex::new(None),
             // 25 µs to about 3.3 s.
             latency: Histogram::new(exponential_buckets(0.000_025, 2.0, 18)),
+            last_call_nanos: AtomicU64::new(0),
         }
     }
 }
