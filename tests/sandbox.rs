@@ -154,6 +154,17 @@ async fn a_memory_bomb_traps_only_its_call_and_memory_stays_bounded() {
 
 #[tokio::test]
 async fn stack_overflow_and_panic_are_500s_and_the_host_serves_on() {
+    stack_overflow_and_panic().await;
+}
+
+// Each request alone on the host: they run on the thread that received
+// them (one async thread, as `up` runs), whose stack must hold the guest's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn stack_overflow_and_panic_are_500s_where_they_were_received_too() {
+    stack_overflow_and_panic().await;
+}
+
+async fn stack_overflow_and_panic() {
     let server = NatsServer::start();
     let (host, client) = start(&server, |_| {}).await;
     assert_error(
