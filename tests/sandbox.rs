@@ -530,7 +530,7 @@ async fn shutdown_waits_for_a_call_running_where_it_was_received() {
     assert_eq!(
         host.host.in_flight(),
         0,
-        "shutdown returned before the call was answered"
+        "shutdown returned while the call was still running"
     );
     assert_eq!(calls_seen(&sleeping.await.unwrap()), "1");
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
 
 use crate::dispatch::{self, CallSettings, Outcome, trace_id_of};
 use crate::logs::{LogLevel, LogRecord, LogSink};
@@ -48,7 +49,8 @@ pub struct Job {
     pub endpoint: Arc<EndpointStats>,
     /// When the host received the message.
     pub received: Instant,
-    /// Concurrency permits, released when the reply is sent.
+    /// Concurrency permits, released when the call is done, before its
+    /// reply is sent (so the caller's next request finds them free).
     pub permits: [OwnedSemaphorePermit; 2],
 }
 
@@ -220,6 +222,8 @@ pub struct Executor {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Warm instances of the calls run on the receiving thread.
     here_warm: Arc<Mutex<WarmInstances>>,
+    /// The tasks of those calls, until their replies are sent.
+    here_tasks: TaskTracker,
     context: WorkerContext,
 }
 
@@ -249,6 +253,7 @@ impl Executor {
             scheduler,
             workers: Mutex::new(workers),
             here_warm,
+            here_tasks: TaskTracker::new(),
             context,
         })
     }
@@ -263,18 +268,26 @@ impl Executor {
         // A task of its own, so the subscription it came from reads on
         // meanwhile (and what arrives then goes to the workers).
         let executor = self.clone();
-        tokio::spawn(async move {
+        self.here_tasks.spawn(async move {
             let plugin = job.plugin.clone();
-            let Done { reply, after_reply } = tokio::task::block_in_place(|| {
+            let done = tokio::task::block_in_place(|| {
                 let mut warm = lock(&executor.here_warm);
                 execute(job, &mut warm, &executor.context)
             });
-            if let Some(reply) = reply {
+            drop(done.permits);
+            executor.scheduler.finished(&plugin);
+            if let Some(reply) = done.reply {
                 reply.publish(&executor.context).await;
             }
-            after_reply.finish(&executor.context);
-            executor.scheduler.finished(&plugin);
+            emit(done.records, &executor.context);
         });
+    }
+
+    /// Wait until the calls run on receiving threads have sent their
+    /// replies (the workers' are sent when [`Executor::shutdown`] returns).
+    pub async fn calls_here_done(&self) {
+        self.here_tasks.close();
+        self.here_tasks.wait().await;
     }
 
     /// Whether `job` is to run on the thread that received it: when it is
@@ -353,12 +366,13 @@ fn worker_loop(scheduler: &Scheduler, context: &WorkerContext, here_warm: &Mutex
         match scheduler.next() {
             Ok(Some(job)) => {
                 let plugin = job.plugin.clone();
-                let Done { reply, after_reply } = execute(job, &mut warm, context);
-                if let Some(reply) = reply {
+                let done = execute(job, &mut warm, context);
+                drop(done.permits);
+                scheduler.finished(&plugin);
+                if let Some(reply) = done.reply {
                     context.runtime.block_on(reply.publish(context));
                 }
-                after_reply.finish(context);
-                scheduler.finished(&plugin);
+                emit(done.records, context);
             }
             Ok(None) => break,
             Err(()) => {
@@ -391,25 +405,17 @@ impl Reply {
     }
 }
 
-/// A job run: its reply, and what to do once the reply is sent.
+/// A job run: its reply, the permits it held, and its log records, to
+/// emit once the reply is on its way.
 struct Done {
     reply: Option<Reply>,
-    after_reply: AfterReply,
-}
-
-/// What a job holds until its reply is sent.
-struct AfterReply {
     permits: [OwnedSemaphorePermit; 2],
     records: Vec<LogRecord>,
 }
 
-impl AfterReply {
-    /// Release the concurrency permits and emit the call's log records.
-    fn finish(self, context: &WorkerContext) {
-        drop(self.permits);
-        for record in self.records {
-            context.sink.emit(record);
-        }
+fn emit(records: Vec<LogRecord>, context: &WorkerContext) {
+    for record in records {
+        context.sink.emit(record);
     }
 }
 
@@ -474,7 +480,8 @@ fn execute(job: Job, warm: &mut WarmInstances, context: &WorkerContext) -> Done 
             payload: outcome.payload,
             error: outcome.error,
         }),
-        after_reply: AfterReply { permits, records },
+        permits,
+        records,
     }
 }
 

@@ -843,9 +843,7 @@ impl Host {
         let workers = tokio::task::spawn_blocking(move || executor.shutdown());
         let workers_done = tokio::time::timeout_at(deadline, async {
             let joined = workers.await;
-            // Calls run outside the workers hold their slots until replied.
-            let all = u32::try_from(self.config.runtime.max_in_flight).unwrap_or(u32::MAX);
-            let _ = self.dispatcher.host_permits.acquire_many(all).await;
+            self.dispatcher.executor.calls_here_done().await;
             joined
         })
         .await;
@@ -979,7 +977,7 @@ impl Dispatcher {
             return;
         }
         // The plugin's permit first: a plugin at its cap must not hold a
-        // host-wide slot while it waits. Both are held until the reply is sent.
+        // host-wide slot while it waits. Both are held until the call is done.
         let permits = match self.acquire(permits).await {
             None => Err("plugin `{}` is at its concurrency limit; try again later"),
             Some(plugin_permit) => match self.acquire(&self.host_permits).await {
