@@ -154,19 +154,22 @@ async fn a_memory_bomb_traps_only_its_call_and_memory_stays_bounded() {
 
 #[tokio::test]
 async fn stack_overflow_and_panic_are_500s_and_the_host_serves_on() {
-    stack_overflow_and_panic().await;
+    stack_overflow_and_panic(0).await;
 }
 
 // Each request alone on the host: they run on the thread that received
 // them (one async thread, as `up` runs), whose stack must hold the guest's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn stack_overflow_and_panic_are_500s_where_they_were_received_too() {
-    stack_overflow_and_panic().await;
+    stack_overflow_and_panic(100_000).await;
 }
 
-async fn stack_overflow_and_panic() {
+async fn stack_overflow_and_panic(inline_call_max_us: u64) {
     let server = NatsServer::start();
-    let (host, client) = start(&server, |_| {}).await;
+    let (host, client) = start(&server, |config| {
+        config.runtime.inline_call_max_us = inline_call_max_us;
+    })
+    .await;
     assert_error(
         &call(&client, "/recurse").await,
         500,
@@ -473,38 +476,54 @@ fn calls_seen(raw: &RawReply) -> String {
 // NATS traffic up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_lone_request_runs_where_it_was_received_without_holding_up_the_rest() {
+    let (neighbours_first, seen) = lone_loop_then_neighbours(100_000).await;
+    // The loop ran on the receiving thread, so the one worker was free.
+    assert!(
+        neighbours_first,
+        "the neighbours were answered only after the looping call ended"
+    );
+    // The loop was long: the next request went to the worker. The one
+    // after it was short again and ran on the receiving thread, on an
+    // instance of its own (the looping one was discarded).
+    assert_eq!(seen, ["1", "1", "2"], "worker, then receiving thread twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn with_inline_calls_off_every_request_runs_on_a_worker() {
+    let (neighbours_first, seen) = lone_loop_then_neighbours(0).await;
+    assert!(
+        !neighbours_first,
+        "the neighbours were answered while the one worker was looping"
+    );
+    assert_eq!(seen, ["1", "2", "3"], "one worker, one instance");
+}
+
+/// On a host with one worker and `inline_call_max_us` as given: a request
+/// that loops until its deadline, sent alone, then five neighbour requests
+/// while it loops, then three well-behaved ones to the looping plugin.
+/// Whether the neighbours were answered before the loop ended, and the
+/// instance call counts of the three.
+async fn lone_loop_then_neighbours(inline_call_max_us: u64) -> (bool, Vec<String>) {
     let server = NatsServer::start();
     let (host, client) = start(&server, |config| {
         config.runtime.workers = 1;
         config.runtime.call_timeout_ms = 1500;
+        config.runtime.inline_call_max_us = inline_call_max_us;
     })
     .await;
-
-    // Alone on an idle host: runs on the receiving thread, not the one
-    // worker, until its deadline.
     let looping = tokio::spawn({
         let client = client.clone();
         async move { call(&client, "/loop").await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // So the worker is free for the neighbours, and the connection reads on.
-    let started = Instant::now();
     assert_eq!(neighbour_requests(client.clone(), 5).await, 5);
-    assert!(
-        !looping.is_finished(),
-        "the neighbours were answered after the looping call ended ({:?})",
-        started.elapsed()
-    );
+    let neighbours_first = !looping.is_finished();
     assert_error(
         &looping.await.unwrap(),
         504,
         "plugin `misbehave` exceeded its 1500 ms deadline",
     );
-
-    // The last call was long: the next request goes to the worker. The one
-    // after it is short again and runs on the receiving thread, on an
-    // instance of its own (the looping one was discarded).
-    let seen: Vec<String> = [
+    let seen = [
         call(&client, "/ok").await,
         call(&client, "/ok").await,
         call(&client, "/ok").await,
@@ -512,8 +531,8 @@ async fn a_lone_request_runs_where_it_was_received_without_holding_up_the_rest()
     .iter()
     .map(calls_seen)
     .collect();
-    assert_eq!(seen, ["1", "1", "2"], "worker, then receiving thread twice");
     host.host.shutdown().await.unwrap();
+    (neighbours_first, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -515,6 +515,12 @@ pub struct RuntimeConfig {
     /// With `overload = "wait"`: the longest a request waits for a slot
     /// before it gets a 503. Default 1000.
     pub max_queue_wait_ms: u64,
+    /// A request that finds the host with nothing else in flight runs on
+    /// the thread that received it (sparing the wake-up of a worker) when
+    /// its plugin's last call took at most this many microseconds; that
+    /// thread's NATS I/O moves to another thread meanwhile. 0 = every call
+    /// runs on a worker thread. Default 1000.
+    pub inline_call_max_us: u64,
     /// Per phase: answer `error` (closed) or `next` (open) when a plugin
     /// traps, times out or hits a limit. Default closed for the filter
     /// phases, open for logging.
@@ -590,6 +596,7 @@ impl Default for RuntimeConfig {
             max_concurrency_per_plugin: 0,
             overload: OverloadPolicy::Wait,
             max_queue_wait_ms: 1000,
+            inline_call_max_us: 1000,
             failure_mode: FailureModes::default(),
         }
     }

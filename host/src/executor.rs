@@ -10,7 +10,8 @@
 //! reused) and publishes the reply itself.
 //!
 //! A request that arrives while the host has nothing else in flight, for a
-//! plugin whose last call was short, runs on the thread that received it:
+//! plugin whose last call was short (`runtime.inline_call_max_us`), runs on
+//! the thread that received it:
 //! waking a sleeping worker costs more than such a call. The runtime's
 //! other tasks (NATS I/O among them) move to another thread for the time
 //! of the call (`block_in_place`), so plugin code still never holds them up.
@@ -34,10 +35,6 @@ use crate::stats::{EndpointStats, HostStats};
 
 /// How often an idle worker drops instances of unloaded plugins.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The longest last call of a plugin for its next request to run on the
-/// receiving thread; a slower plugin's requests always go to the workers.
-const RUN_HERE_MAX_CALL: Duration = Duration::from_millis(1);
 
 /// A request on its way to a plugin.
 pub struct Job {
@@ -72,6 +69,9 @@ pub struct WorkerContext {
     pub stats: Arc<HostStats>,
     /// `runtime.max_in_flight`: the host's slots.
     pub max_in_flight: usize,
+    /// `runtime.inline_call_max_us`: the longest last call of a plugin for
+    /// its next request to run on the receiving thread; `None`: never.
+    pub inline_call_max: Option<Duration>,
 }
 
 /// One plugin's waiting jobs.
@@ -295,8 +295,11 @@ impl Executor {
     /// room under its concurrency cap (then counted as running), and the
     /// runtime can hand its other tasks to another thread meanwhile.
     fn may_run_here(&self, job: &Job) -> bool {
-        let short = job.endpoint.last_call_nanos.load(Ordering::Relaxed)
-            <= RUN_HERE_MAX_CALL.as_nanos() as u64;
+        let Some(max_call) = self.context.inline_call_max else {
+            return false;
+        };
+        let short =
+            job.endpoint.last_call_nanos.load(Ordering::Relaxed) <= max_call.as_nanos() as u64;
         short
             && job.alone(self.context.max_in_flight)
             && tokio::runtime::Handle::current().runtime_flavor()

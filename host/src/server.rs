@@ -250,6 +250,8 @@ impl Host {
                 sink: sink.clone(),
                 stats: stats.clone(),
                 max_in_flight: runtime.max_in_flight,
+                inline_call_max: (runtime.inline_call_max_us > 0)
+                    .then(|| std::time::Duration::from_micros(runtime.inline_call_max_us)),
             },
         )?;
         let dispatcher = Dispatcher {
