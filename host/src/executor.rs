@@ -70,7 +70,8 @@ pub struct WorkerContext {
     /// `runtime.max_in_flight`: the host's slots.
     pub max_in_flight: usize,
     /// `runtime.inline_call_max_us`: the longest last call of a plugin for
-    /// its next request to run on the receiving thread; `None`: never.
+    /// its next request to run on the receiving thread; `None`: never (also
+    /// on a single-threaded runtime, which cannot hand its tasks over).
     pub inline_call_max: Option<Duration>,
 }
 
@@ -290,21 +291,17 @@ impl Executor {
         self.here_tasks.wait().await;
     }
 
-    /// Whether `job` is to run on the thread that received it: when it is
-    /// the only request in flight, its plugin's last call was short and has
-    /// room under its concurrency cap (then counted as running), and the
-    /// runtime can hand its other tasks to another thread meanwhile.
+    /// Whether `job` is to run on the thread that received it: when that is
+    /// on (`inline_call_max`), it is the only request in flight, and its
+    /// plugin's last call was short and has room under its concurrency cap
+    /// (then counted as running).
     fn may_run_here(&self, job: &Job) -> bool {
         let Some(max_call) = self.context.inline_call_max else {
             return false;
         };
         let short =
             job.endpoint.last_call_nanos.load(Ordering::Relaxed) <= max_call.as_nanos() as u64;
-        short
-            && job.alone(self.context.max_in_flight)
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
-            && self.scheduler.start_here(&job.plugin)
+        short && job.alone(self.context.max_in_flight) && self.scheduler.start_here(&job.plugin)
     }
 
     /// Finish every job queued so far, then stop the workers. Blocks.

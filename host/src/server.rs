@@ -250,7 +250,11 @@ impl Host {
                 sink: sink.clone(),
                 stats: stats.clone(),
                 max_in_flight: runtime.max_in_flight,
-                inline_call_max: (runtime.inline_call_max_us > 0)
+                // Running a call where it was received needs a runtime that
+                // can hand its other tasks to another thread meanwhile.
+                inline_call_max: (runtime.inline_call_max_us > 0
+                    && tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread)
                     .then(|| std::time::Duration::from_micros(runtime.inline_call_max_us)),
             },
         )?;
