@@ -7,12 +7,8 @@ use std::time::{Duration, Instant};
 use natsplug::protocol::Action;
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
+use natsplug_suite::up::path_arg;
 use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, natsplug_binary};
-
-/// A path as an argument.
-fn path(path: &std::path::Path) -> String {
-    path.to_str().expect("a UTF-8 path").to_string()
-}
 
 #[tokio::test]
 async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
@@ -21,7 +17,7 @@ async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
     let cache = tempfile::tempdir().unwrap();
     install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
     install_file(plugins.path(), "authz", guests::AUTHZ);
-    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let (plugins_dir, cache_dir) = (path_arg(plugins.path()), path_arg(cache.path()));
     let mut up = UpProcess::start(&[
         "--nats",
         &server.url(),
@@ -113,7 +109,7 @@ async fn up_serves_on_when_nobody_reads_its_ready_lines() {
     // Standard output is a pipe nobody reads: writing to it fails.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let (plugins_dir, cache_dir) = (path_arg(plugins.path()), path_arg(cache.path()));
     let mut up = UpProcess::spawn(
         &[
             "--nats",
@@ -253,7 +249,7 @@ async fn up_without_a_url_starts_a_local_nats_server_and_stops_it() {
         server_dir.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let (plugins_dir, cache_dir) = (path(plugins.path()), path(cache.path()));
+    let (plugins_dir, cache_dir) = (path_arg(plugins.path()), path_arg(cache.path()));
     let mut up = UpProcess::start_with_env(
         &["--plugins", &plugins_dir, "--cache-dir", &cache_dir],
         &[("PATH", &search_path)],

@@ -22,6 +22,7 @@ use natsplug::nats::PermissionViolation;
 use natsplug::protocol::{self, Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
+use natsplug_suite::up::path_arg;
 use natsplug_suite::{
     NatsCluster, NatsServer, PhaseClient, TestHost, UpProcess, guests, natsplug_binary,
 };
@@ -969,16 +970,15 @@ impl HeaderHost {
             format!("[plugin.header-injector.config]\nheader = \"{header}\"\n"),
         )
         .unwrap();
-        let path = |p: &Path| p.to_str().unwrap().to_string();
         let process = UpProcess::start(&[
             "--nats",
             url,
             "--config",
-            &path(&file),
+            &path_arg(&file),
             "--plugins",
-            &path(plugins),
+            &path_arg(plugins),
             "--cache-dir",
-            &path(cache),
+            &path_arg(cache),
         ]);
         HeaderHost {
             process,

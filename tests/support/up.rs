@@ -11,6 +11,11 @@ use futures::StreamExt as _;
 
 use crate::natsplug_binary;
 
+/// `path` as a command-line argument.
+pub fn path_arg(path: &std::path::Path) -> String {
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
 /// A running `natsplug up`, its ready lines, and its log file.
 pub struct UpProcess {
     pub child: Child,
