@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use natsplug::protocol::{self, HeaderMutations, PhaseReply};
+use natsplug_protocol::{self as protocol, HeaderMutations, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::{NatsServer, guests, natsplug_binary};
 
@@ -118,7 +118,8 @@ fn responder(kind: &str, url: &str) {
 
 /// The header injector, natively.
 fn native_filter(payload: &[u8]) -> Vec<u8> {
-    let request = protocol::decode_request_view(payload, natsplug::Phase::RequestFilter).unwrap();
+    let request =
+        protocol::decode_request_view(payload, natsplug_protocol::Phase::RequestFilter).unwrap();
     let reply = PhaseReply {
         request_headers: Some(HeaderMutations {
             set: vec![

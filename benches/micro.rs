@@ -16,8 +16,8 @@ use natsplug::cache::ArtifactCache;
 use natsplug::config::{HostConfig, InstanceMode, PluginSettings};
 use natsplug::dispatch::{self, CallSettings};
 use natsplug::plugin::{LoadedPlugin, PluginLoader};
-use natsplug::protocol::{self, Action, HttpRequest, PhaseReply, PhaseRequest};
 use natsplug::{Phase, engine};
+use natsplug_protocol::{self as protocol, Action, HttpRequest, PhaseReply, PhaseRequest};
 use natsplug_suite::guests;
 use natsplug_suite::host::shared_cache_dir;
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use natsplug::protocol::{Action, encode_request};
+use natsplug_protocol::{Action, encode_request};
 use natsplug_suite::client::request;
 use natsplug_suite::host::deploy_bytes;
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
@@ -19,7 +19,7 @@ async fn time_reload(
     host: &TestHost,
     client: &PhaseClient,
     bytes: &[u8],
-    answers: impl Fn(&natsplug::protocol::PhaseReply) -> bool,
+    answers: impl Fn(&natsplug_protocol::PhaseReply) -> bool,
 ) -> Duration {
     let started = Instant::now();
     deploy_bytes(host.plugins_dir(), "probe", bytes);
@@ -64,7 +64,7 @@ async fn main() {
     ));
     let client = PhaseClient::new(server.connect().await);
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
-    let is_injector = |r: &natsplug::protocol::PhaseReply| {
+    let is_injector = |r: &natsplug_protocol::PhaseReply| {
         r.request_headers
             .as_ref()
             .is_some_and(|m| m.set.first().is_some_and(|(n, _)| n == "x-plugin"))
@@ -84,7 +84,7 @@ async fn main() {
     for (name, bytes) in &candidates {
         // Anything but the injector's answer shows the new version.
         let differs =
-            |r: &natsplug::protocol::PhaseReply| !is_injector(r) && r.action != Action::Error;
+            |r: &natsplug_protocol::PhaseReply| !is_injector(r) && r.action != Action::Error;
         for cache in ["cold", "warm"] {
             let elapsed = time_reload(&host, &client, bytes, differs).await;
             println!(

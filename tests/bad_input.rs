@@ -2,7 +2,7 @@
 //! `"error"` reply with the NATS service error headers, and the next request
 //! is served normally.
 
-use natsplug::protocol::{Action, PhaseReply};
+use natsplug_protocol::{Action, PhaseReply};
 use natsplug_suite::client::{RawReply, request};
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
 use serde::Serialize;
@@ -75,7 +75,7 @@ async fn a_message_nested_too_deeply_gets_a_400() {
     let server = NatsServer::start();
     let (host, client) = setup(&server).await;
     // A good request with one more field whose value is 3000 arrays deep.
-    let mut deep = natsplug::protocol::encode_request(&request("request_filter", "d", "GET", "/"));
+    let mut deep = natsplug_protocol::encode_request(&request("request_filter", "d", "GET", "/"));
     deep[0] += 1;
     deep.extend(b"\xa4deep");
     deep.extend([0x91; 3000]);
@@ -104,7 +104,7 @@ async fn a_future_version_gets_a_400_naming_both_versions() {
         .send_raw(
             PLUGIN,
             "request_filter",
-            natsplug::protocol::encode_request(&future),
+            natsplug_protocol::encode_request(&future),
         )
         .await
         .unwrap();
@@ -176,7 +176,7 @@ async fn an_unknown_or_mismatched_phase_gets_a_400() {
         .send_raw(
             PLUGIN,
             "request_filter",
-            natsplug::protocol::encode_request(&unknown),
+            natsplug_protocol::encode_request(&unknown),
         )
         .await
         .unwrap();
@@ -192,7 +192,7 @@ async fn an_unknown_or_mismatched_phase_gets_a_400() {
         .send_raw(
             PLUGIN,
             "request_filter",
-            natsplug::protocol::encode_request(&mismatched),
+            natsplug_protocol::encode_request(&mismatched),
         )
         .await
         .unwrap();
@@ -210,7 +210,7 @@ async fn an_unknown_or_mismatched_phase_gets_a_400() {
 async fn an_unknown_plugin_or_phase_subject_gets_no_responders() {
     let server = NatsServer::start();
     let (host, client) = setup(&server).await;
-    let bytes = natsplug::protocol::encode_request(&request("request_filter", "u-1", "GET", "/"));
+    let bytes = natsplug_protocol::encode_request(&request("request_filter", "u-1", "GET", "/"));
     let error = client
         .send_raw("no-such-plugin", "request_filter", bytes.clone())
         .await
@@ -228,7 +228,7 @@ async fn an_oversized_payload_gets_a_413() {
     let (host, client) = setup(&server).await;
     let mut big = request("request_filter", "big", "POST", "/upload");
     big.request.body = Some(vec![b'x'; 8192]);
-    let bytes = natsplug::protocol::encode_request(&big);
+    let bytes = natsplug_protocol::encode_request(&big);
     let expected = format!(
         "request of {} bytes is above the 4096 bytes this host accepts (runtime.max_request_bytes)",
         bytes.len()
@@ -246,7 +246,7 @@ async fn an_oversized_payload_gets_a_413() {
 async fn a_message_without_reply_subject_is_counted_and_dropped() {
     let server = NatsServer::start();
     let (host, client) = setup(&server).await;
-    let bytes = natsplug::protocol::encode_request(&request("request_filter", "n-1", "GET", "/"));
+    let bytes = natsplug_protocol::encode_request(&request("request_filter", "n-1", "GET", "/"));
     for _ in 0..3 {
         client
             .client

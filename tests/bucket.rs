@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use natsplug::protocol::{Action, PhaseReply};
+use natsplug_protocol::{Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
 use natsplug_suite::nats_server::free_port;
@@ -117,7 +117,7 @@ async fn until_fleet_reports(
 }
 
 async fn send_edge(client: &PhaseClient, id: &str) -> Result<PhaseReply, String> {
-    let payload = natsplug::protocol::encode_request(&request("request_filter", id, "GET", "/"));
+    let payload = natsplug_protocol::encode_request(&request("request_filter", id, "GET", "/"));
     match tokio::time::timeout(
         Duration::from_secs(5),
         client.client.request(
@@ -127,7 +127,7 @@ async fn send_edge(client: &PhaseClient, id: &str) -> Result<PhaseReply, String>
     )
     .await
     {
-        Ok(Ok(message)) => natsplug::protocol::decode_reply(&message.payload)
+        Ok(Ok(message)) => natsplug_protocol::decode_reply(&message.payload)
             .map_err(|error| format!("undecodable reply: {error}")),
         Ok(Err(error)) => Err(format!("request failed: {error}")),
         Err(_) => Err("no reply within 5 s".into()),

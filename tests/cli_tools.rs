@@ -308,7 +308,7 @@ async fn invoke_gives_the_same_reply_as_the_host() {
         assert!(local.status.success(), "{}", stderr(&local));
         assert!(!from_host.stdout.is_empty());
         assert_eq!(local.stdout, from_host.stdout, "request {index}");
-        let reply = natsplug::protocol::decode_reply(&local.stdout).unwrap();
+        let reply = natsplug_protocol::decode_reply(&local.stdout).unwrap();
         assert_eq!(reply.request_id, format!("same-{}", index + 1));
         actions.push((reply.action, reply.status));
 
@@ -319,7 +319,7 @@ async fn invoke_gives_the_same_reply_as_the_host() {
         assert_eq!(local["plugin"], "authz");
         assert_eq!(local["phase"], "request_filter");
     }
-    use natsplug::protocol::Action;
+    use natsplug_protocol::Action;
     assert_eq!(
         actions,
         vec![

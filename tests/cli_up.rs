@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use natsplug::protocol::Action;
+use natsplug_protocol::Action;
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
 use natsplug_suite::up::path_arg;
@@ -50,7 +50,7 @@ async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
     let inbox = client.client.new_inbox();
     let mut replies = client.client.subscribe(format!("{inbox}.*")).await.unwrap();
     for index in 0..200 {
-        let payload = natsplug::protocol::encode_request(&request(
+        let payload = natsplug_protocol::encode_request(&request(
             "request_filter",
             &index.to_string(),
             "GET",
@@ -82,7 +82,7 @@ async fn up_prints_a_ready_line_serves_and_drains_on_sigterm() {
         })
         .unwrap();
         assert_eq!(
-            natsplug::protocol::decode_reply(&message.payload)
+            natsplug_protocol::decode_reply(&message.payload)
                 .unwrap()
                 .action,
             Action::Next
@@ -125,7 +125,7 @@ async fn up_serves_on_when_nobody_reads_its_ready_lines() {
 
     let client = PhaseClient::new(server.connect().await);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let payload = natsplug::protocol::encode_request(&request("request_filter", "r", "GET", "/"));
+    let payload = natsplug_protocol::encode_request(&request("request_filter", "r", "GET", "/"));
     let reply = loop {
         match client
             .send_raw("header-injector", "request_filter", payload.clone())

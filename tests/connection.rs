@@ -19,7 +19,7 @@ use futures::StreamExt;
 use natsplug::HostConfig;
 use natsplug::config::Secret;
 use natsplug::nats::PermissionViolation;
-use natsplug::protocol::{self, Action, PhaseReply};
+use natsplug_protocol::{self as protocol, Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
 use natsplug_suite::up::path_arg;

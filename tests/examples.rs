@@ -2,7 +2,7 @@
 //! built components from a plugins directory, and requests over NATS with
 //! exact assertions on the reply.
 
-use natsplug::protocol::{Action, BodyChunk, HeaderMutations, HttpResponse};
+use natsplug_protocol::{Action, BodyChunk, HeaderMutations, HttpResponse};
 use natsplug_suite::client::request;
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use natsplug::logs::LogLevel;
-use natsplug::protocol::{Action, PhaseReply};
+use natsplug_protocol::{Action, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::{deploy_bytes, install_file};
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
@@ -48,7 +48,7 @@ async fn wait_for_behaviour(client: &PhaseClient, name: &str, expected: Behaviou
             .send_raw(
                 name,
                 "request_filter",
-                natsplug::protocol::encode_request(&request("request_filter", "probe", "GET", "/")),
+                natsplug_protocol::encode_request(&request("request_filter", "probe", "GET", "/")),
             )
             .await
             && behaviour_of(&raw.reply()) == expected
@@ -86,7 +86,7 @@ async fn replacing_a_plugin_fifty_times_under_load_fails_no_request() {
                     .send_raw(
                         "swap",
                         "request_filter",
-                        natsplug::protocol::encode_request(&request(
+                        natsplug_protocol::encode_request(&request(
                             "request_filter",
                             &id,
                             "GET",
@@ -156,7 +156,7 @@ async fn an_added_plugin_is_served_and_a_deleted_one_is_not() {
             .send_raw(
                 "gate",
                 "request_filter",
-                natsplug::protocol::encode_request(&request("request_filter", "d", "GET", "/")),
+                natsplug_protocol::encode_request(&request("request_filter", "d", "GET", "/")),
             )
             .await;
         match result {

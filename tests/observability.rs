@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use natsplug::config::LogFormat;
-use natsplug::protocol::{Action, HttpResponse, encode_request};
+use natsplug_protocol::{Action, HttpResponse, encode_request};
 use natsplug_suite::client::request;
 use natsplug_suite::http_get;
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
@@ -72,7 +72,7 @@ async fn plugin_records_reach_nats_as_json_with_every_field() {
         .await
         .unwrap();
     assert_eq!(
-        natsplug::protocol::decode_reply(&reply.payload)
+        natsplug_protocol::decode_reply(&reply.payload)
             .unwrap()
             .action,
         Action::Next

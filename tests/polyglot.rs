@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use natsplug::logs::{LogLevel, LogValue};
-use natsplug::protocol::{Action, HeaderMutations, PhaseReply, PhaseRequest};
+use natsplug_protocol::{Action, HeaderMutations, PhaseReply, PhaseRequest};
 use natsplug_suite::client::request;
 use natsplug_suite::{NatsServer, PhaseClient, TestHost};
 
@@ -409,11 +409,11 @@ async fn js_rewriter_rewrites_paths_by_its_table() {
 #[test]
 #[ignore = "a measurement, not a check: run it with --ignored --nocapture"]
 fn measure_polyglot_components() {
-    use natsplug::Phase;
     use natsplug::config::{PluginSettings, RuntimeConfig};
     use natsplug::dispatch::{self, CallSettings};
     use natsplug::plugin::PluginLoader;
-    use natsplug::protocol;
+    use natsplug_protocol as protocol;
+    use natsplug_protocol::Phase;
 
     let runtime = RuntimeConfig::default();
     let engine = natsplug::engine::build_engine(&runtime).expect("an engine");

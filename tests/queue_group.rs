@@ -30,7 +30,7 @@ async fn two_hosts_share_work_and_answer_each_request_once() {
     let mut replies = client.subscribe(format!("{inbox}.*")).await.unwrap();
     const REQUESTS: usize = 400;
     for index in 0..REQUESTS {
-        let payload = natsplug::protocol::encode_request(&request(
+        let payload = natsplug_protocol::encode_request(&request(
             "request_filter",
             &format!("q-{index}"),
             "GET",
@@ -53,7 +53,7 @@ async fn two_hosts_share_work_and_answer_each_request_once() {
             .await
             .expect("every request answered within 10 s")
             .unwrap();
-        let reply = natsplug::protocol::decode_reply(&message.payload).unwrap();
+        let reply = natsplug_protocol::decode_reply(&message.payload).unwrap();
         assert_eq!(
             message.subject.as_str(),
             format!("{inbox}.{}", &reply.request_id[2..])

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use natsplug::HostConfig;
 use natsplug::config::{FailureMode, InstanceMode, OverloadPolicy};
-use natsplug::protocol::{Action, PhaseReply};
+use natsplug_protocol::{Action, PhaseReply};
 use natsplug_suite::client::{RawReply, request};
 use natsplug_suite::{NatsServer, PhaseClient, TestHost, guests};
 
@@ -35,7 +35,7 @@ async fn start(
 }
 
 async fn call(client: &PhaseClient, path: &str) -> RawReply {
-    let payload = natsplug::protocol::encode_request(&request("request_filter", path, "GET", path));
+    let payload = natsplug_protocol::encode_request(&request("request_filter", path, "GET", path));
     client
         .send_raw("misbehave", "request_filter", payload)
         .await
@@ -307,9 +307,9 @@ async fn at_its_limit_a_plugin_rejects_with_503_under_the_reject_policy() {
     // Both requests go out on one connection, in order: the slow one takes
     // the plugin's only slot and the second finds it taken.
     let [slow, rejected] = send_in_order(&client, ["/sleep", "/ok"]).await;
-    let slow = natsplug::protocol::decode_reply(&slow.payload).unwrap();
+    let slow = natsplug_protocol::decode_reply(&slow.payload).unwrap();
     assert_eq!(slow.action, Action::Next);
-    let reply = natsplug::protocol::decode_reply(&rejected.payload).unwrap();
+    let reply = natsplug_protocol::decode_reply(&rejected.payload).unwrap();
     assert_eq!(reply.action, Action::Error);
     assert_eq!(reply.request_id, "/ok");
     assert_eq!(
@@ -351,7 +351,7 @@ async fn at_its_limit_a_plugin_queues_for_a_bounded_time_under_the_wait_policy()
     let [slow, queued] = send_in_order(&client, ["/sleep", "/ok"]).await;
     for message in [slow, queued] {
         assert_eq!(
-            natsplug::protocol::decode_reply(&message.payload)
+            natsplug_protocol::decode_reply(&message.payload)
                 .unwrap()
                 .action,
             Action::Next
@@ -370,12 +370,12 @@ async fn at_its_limit_a_plugin_queues_for_a_bounded_time_under_the_wait_policy()
     .await;
     let [slow, expired] = send_in_order(&client, ["/sleep", "/ok"]).await;
     assert_eq!(
-        natsplug::protocol::decode_reply(&slow.payload)
+        natsplug_protocol::decode_reply(&slow.payload)
             .unwrap()
             .action,
         Action::Next
     );
-    let reply = natsplug::protocol::decode_reply(&expired.payload).unwrap();
+    let reply = natsplug_protocol::decode_reply(&expired.payload).unwrap();
     assert_eq!(
         reply.error.as_deref(),
         Some("plugin `misbehave` is at its concurrency limit; try again later")
@@ -393,7 +393,7 @@ async fn send_in_order<const N: usize>(
     let mut replies = client.client.subscribe(format!("{inbox}.*")).await.unwrap();
     for (index, path) in paths.iter().enumerate() {
         let payload =
-            natsplug::protocol::encode_request(&request("request_filter", path, "GET", path));
+            natsplug_protocol::encode_request(&request("request_filter", path, "GET", path));
         client
             .client
             .publish_with_reply(

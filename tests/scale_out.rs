@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use natsplug::protocol::{self, PhaseReply};
+use natsplug_protocol::{self as protocol, PhaseReply};
 use natsplug_suite::client::request;
 use natsplug_suite::host::install_file;
 use natsplug_suite::{NatsServer, UpProcess, guests};

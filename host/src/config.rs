@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::logs::LogLevel;
-use crate::phase::Phase;
+use natsplug_protocol::Phase;
 
 /// The whole host configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -121,7 +121,7 @@ fn ping(host: &Host) -> Value {
 }
 
 /// `{plugin}-{phase}`: endpoint names allow letters, digits, `-` and `_`.
-fn endpoint_name(plugin: &str, phase: crate::Phase) -> String {
+fn endpoint_name(plugin: &str, phase: natsplug_protocol::Phase) -> String {
     format!("{plugin}-{phase}")
 }
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 use crate::bindings::natsplug::plugin::types as wit;
 use crate::config::{FailureMode, InstanceMode};
 use crate::logs::LogRecord;
-use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginInstance};
-use crate::protocol::{
-    self, Action, BodyChunkView, HeaderMutations, HttpRequestView, HttpResponseView, PhaseReply,
-    PhaseRequestView, RequestError,
-};
 use crate::sandbox::CallContext;
+use natsplug_protocol::Phase;
+use natsplug_protocol::{
+    self as protocol, Action, BodyChunkView, HeaderMutations, HttpRequestView, HttpResponseView,
+    PhaseReply, PhaseRequestView, RequestError,
+};
 
 /// Host-wide call settings; per-plugin limits are in [`crate::plugin::PluginLimits`].
 #[derive(Debug, Clone)]

@@ -28,10 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::dispatch::{self, CallSettings, Outcome, trace_id_of};
 use crate::logs::{LogLevel, LogRecord, LogSink};
-use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginInstance};
-use crate::protocol::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use crate::stats::{EndpointStats, HostStats};
+use natsplug_protocol::Phase;
+use natsplug_protocol::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 
 /// How often an idle worker drops instances of unloaded plugins.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -389,7 +389,7 @@ fn worker_loop(scheduler: &Scheduler, context: &WorkerContext, here_warm: &Mutex
 struct Reply {
     to: async_nats::Subject,
     payload: Vec<u8>,
-    error: Option<crate::protocol::RequestError>,
+    error: Option<natsplug_protocol::RequestError>,
 }
 
 impl Reply {
@@ -471,7 +471,7 @@ fn execute(job: Job, warm: &mut WarmInstances, context: &WorkerContext) -> Done 
     if let Some(cause) = outcome.failure_cause()
         && cause.is_plugin_failure()
     {
-        let request_id = crate::protocol::peek_request_id(&message.payload);
+        let request_id = natsplug_protocol::peek_request_id(&message.payload);
         report_failure(context, &plugin, phase, &request_id, &outcome);
     }
     Done {
@@ -540,7 +540,7 @@ pub(crate) async fn publish_outcome(
     client: &async_nats::Client,
     reply_to: async_nats::Subject,
     payload: Vec<u8>,
-    error: Option<&crate::protocol::RequestError>,
+    error: Option<&natsplug_protocol::RequestError>,
     stats: &HostStats,
 ) {
     let payload = bytes::Bytes::from(payload);

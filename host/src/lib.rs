@@ -13,7 +13,6 @@
 pub mod bindings;
 pub mod bucket;
 pub mod cache;
-pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod dispatch;
@@ -24,13 +23,10 @@ pub mod logs;
 pub mod metrics;
 pub mod monitor;
 pub mod nats;
-pub mod phase;
 pub mod plugin;
-pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub mod stats;
 pub mod watch;
 
 pub use config::HostConfig;
-pub use phase::Phase;

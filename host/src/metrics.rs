@@ -28,7 +28,7 @@ type Labels = Vec<(&'static str, String)>;
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let endpoint_labels = |plugin: &PluginStatus, phase: crate::Phase| -> Labels {
+        let endpoint_labels = |plugin: &PluginStatus, phase: natsplug_protocol::Phase| -> Labels {
             vec![
                 ("plugin", plugin.name.clone()),
                 ("phase", phase.to_string()),

@@ -15,8 +15,8 @@ use wasmtime::{Engine, Store};
 use crate::bindings::{self, HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
 use crate::cache::ArtifactCache;
 use crate::config::{FailureMode, PluginSettings, RuntimeConfig, validate_plugin_name};
-use crate::phase::Phase;
 use crate::sandbox::{InstanceState, PluginIdentity};
+use natsplug_protocol::Phase;
 
 static NEXT_PLUGIN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -302,7 +302,7 @@ impl PluginLoader {
             .call_describe(&mut instance.store)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("calling `describe` of plugin `{name}`"))?;
-        let mut phases: Vec<Phase> = info.phases.iter().map(|p| Phase::from_wit(*p)).collect();
+        let mut phases: Vec<Phase> = info.phases.iter().map(|p| Phase::from(*p)).collect();
         phases.sort();
         phases.dedup();
         if phases.is_empty() {

@@ -22,10 +22,10 @@ use crate::executor::{Executor, Job, WorkerContext, publish_outcome};
 use crate::log_publisher::LogPublisher;
 use crate::logs::{LogFilter, LogLevel, LogPipeline, LogRecord, LogSink, NullSink, TracingSink};
 use crate::nats::{ConnectionMonitor, NatsConnection};
-use crate::phase::Phase;
 use crate::plugin::{LoadedPlugin, PluginLoader};
-use crate::protocol::{self, RequestError};
 use crate::stats::{EndpointSnapshot, EndpointStats, HostStats};
+use natsplug_protocol::Phase;
+use natsplug_protocol::{self as protocol, RequestError};
 
 /// A plugin being served and its subscriptions.
 struct ServedPlugin {

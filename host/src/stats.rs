@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::protocol::RequestError;
+use natsplug_protocol::RequestError;
 
 /// The error codes counted separately.
 pub const ERROR_CODES: [u16; 5] = [400, 413, 500, 503, 504];

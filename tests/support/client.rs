@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use natsplug::protocol::{self, HttpRequest, PhaseReply, PhaseRequest};
+use natsplug_protocol::{self as protocol, HttpRequest, PhaseReply, PhaseRequest};
 
 /// Sends phase requests to `{prefix}.{plugin}.{phase}`.
 #[derive(Clone)]

@@ -130,6 +130,10 @@ fn expand(block: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             }
         }
 
+        // Only a wasm build exports the component: a native build of the
+        // plugin crate (`cargo build --workspace`) links a library without
+        // the component's export symbols, whose names native linkers refuse.
+        #[cfg(target_arch = "wasm32")]
         ::natsplug_sdk::__private::export_world!(
             __NatsplugExport with_types_in ::natsplug_sdk::bindings
         );

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::deploy::{BucketArgs, Inventory};
-use crate::bucket;
+use natsplug::bucket;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug status

@@ -1,5 +1,5 @@
 //! `natsplug invoke`: run one phase of a plugin file locally, without NATS,
-//! through the host's own request path ([`crate::dispatch::run`]), and print
+//! through the host's own request path ([`natsplug::dispatch::run`]), and print
 //! the reply and the records the plugin logged.
 
 use std::path::PathBuf;
@@ -11,11 +11,11 @@ use clap::Args;
 use super::local;
 use super::reply::{self, Format};
 use super::request_file::{RequestArgs, parse_phase};
-use crate::config::HostConfig;
-use crate::dispatch::{self, CallSettings};
-use crate::logs::{LogRecord, LogValue};
-use crate::phase::Phase;
-use crate::protocol;
+use natsplug::config::HostConfig;
+use natsplug::dispatch::{self, CallSettings};
+use natsplug::logs::{LogRecord, LogValue};
+use natsplug_protocol as protocol;
+use natsplug_protocol::Phase;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug invoke target/wasm32-wasip2/release/authz.wasm --path /admin --set token=s3cret
@@ -90,7 +90,7 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     config.validate()?;
     let name = match &args.name {
         Some(name) => name.clone(),
-        None => crate::plugin::plugin_name_of(&args.plugin)
+        None => natsplug::plugin::plugin_name_of(&args.plugin)
             .context("pass --name with a valid plugin name")?,
     };
     let mut settings = config.plugin_settings(&name);
@@ -211,7 +211,7 @@ fn print_records(records: &[LogRecord], dropped: u64, phase: Phase, to_stderr: b
     if dropped > 0 {
         lines.push(format!(
             "  ({dropped} more record(s) dropped: one call keeps at most {})",
-            crate::sandbox::MAX_RECORDS_PER_CALL
+            natsplug::sandbox::MAX_RECORDS_PER_CALL
         ));
     }
     for line in lines {

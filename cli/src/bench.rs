@@ -13,8 +13,8 @@ use hdrhistogram::Histogram;
 
 use super::call;
 use super::request_file::{RequestArgs, parse_phase};
-use crate::config::{DEFAULT_NATS_URL, SubjectsConfig};
-use crate::protocol::{self, Action};
+use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
+use natsplug_protocol::{self as protocol, Action};
 
 pub const EXAMPLES: &str = "Examples:
   natsplug bench header-injector request_filter --duration 30s --concurrency 32
@@ -127,7 +127,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let payload = bytes::Bytes::from(payload);
     let timeout = call::timeout(args.timeout)?;
     let subject = call::subject(&args.prefix, &args.plugin, phase);
-    let client = crate::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
+    let client = natsplug::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
     // One request first: it fails clearly when nothing serves the subject,
     // and warms an instance up.
     call::send(&client, &subject, phase, payload.to_vec(), timeout).await?;

@@ -13,10 +13,10 @@
 
 use std::borrow::Cow;
 
-use super::{BodyChunkView, HttpRequestView, HttpResponseView, PhaseRequestView};
+use crate::view::{BodyChunkView, HttpRequestView, HttpResponseView, PhaseRequestView};
 
 /// Read `payload` as a phase request, or `None` to leave it to serde.
-pub(super) fn decode(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
+pub(crate) fn decode(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
     let mut reader = Reader { rest: payload };
     let request = reader.phase_request()?;
     reader.rest.is_empty().then_some(request)
@@ -35,8 +35,8 @@ fn text(bytes: &[u8]) -> Option<&str> {
 
 /// The most arrays and maps an unknown field's value may hold for this
 /// reader to skip it; more go to serde, which refuses nesting deeper than
-/// [`super::MAX_NESTING`] (a value that deep holds at least as many).
-const MAX_SKIPPED_CONTAINERS: usize = super::MAX_NESTING - 4;
+/// [`crate::MAX_NESTING`] (a value that deep holds at least as many).
+const MAX_SKIPPED_CONTAINERS: usize = crate::MAX_NESTING - 4;
 
 /// The unread part of a message.
 struct Reader<'a> {

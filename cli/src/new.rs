@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::config::validate_plugin_name;
+use natsplug::config::validate_plugin_name;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug new rate-limiter

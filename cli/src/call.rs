@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::reply::{self, Format};
 use super::request_file::{RequestArgs, parse_phase};
-use crate::config::{DEFAULT_NATS_URL, SubjectsConfig};
-use crate::phase::Phase;
-use crate::protocol;
+use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
+use natsplug_protocol as protocol;
+use natsplug_protocol::Phase;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug call authz request_filter --path /admin -H 'authorization: Bearer s3cret'
@@ -51,7 +51,7 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         .load()?
         .build(phase, &format!("call-{}", std::process::id()))?;
     let subject = subject(&args.prefix, &args.plugin, phase);
-    let client = crate::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
+    let client = natsplug::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
     let payload = protocol::encode_request(&request);
     let reply = send(&client, &subject, phase, payload, timeout(args.timeout)?).await?;
     let decoded = protocol::decode_reply(&reply.payload)

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::bucket::source::BucketSource;
-use crate::config::HostConfig;
-use crate::nats::{self, EmbeddedServer, PermissionViolation};
-use crate::server::Host;
-use crate::watch::DirectoryWatcher;
+use natsplug::bucket::source::BucketSource;
+use natsplug::config::HostConfig;
+use natsplug::nats::{self, EmbeddedServer, PermissionViolation};
+use natsplug::server::Host;
+use natsplug::watch::DirectoryWatcher;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug up --plugins ./plugins
@@ -111,7 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
     // Check the directory before anything is started. With a bucket, the
     // directory is optional.
-    let use_directory = match crate::server::wasm_files(&config.plugins.dir) {
+    let use_directory = match natsplug::server::wasm_files(&config.plugins.dir) {
         Ok(_) => true,
         Err(_) if config.plugins.bucket.is_some() && !config.plugins.dir.exists() => {
             tracing::info!(
@@ -135,7 +135,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let connection = nats::connect_with(&nats_config).await?;
     let lost = connection.monitor.lost();
     let host = Arc::new(
-        Host::with_connection(config, connection, Arc::new(crate::logs::NullSink))
+        Host::with_connection(config, connection, Arc::new(natsplug::logs::NullSink))
             .await
             .context("starting the host")?,
     );
@@ -151,7 +151,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 host.failures()
                     .await
                     .into_iter()
-                    .filter(|(_, failure)| failure.origin == crate::server::Origin::Bucket)
+                    .filter(|(_, failure)| failure.origin == natsplug::server::Origin::Bucket)
                     .map(|(name, failure)| (PathBuf::from(name), anyhow::anyhow!(failure.error))),
             );
             Some(source)
@@ -167,11 +167,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         bail!("{violation}");
     }
     if host.config().monitoring.discovery {
-        crate::discovery::serve(host.clone()).await?;
+        natsplug::discovery::serve(host.clone()).await?;
     }
     if let Some(address) = &host.config().monitoring.listen {
         let address = address.parse().context("monitoring.listen")?;
-        crate::monitor::serve(host.clone(), address).await?;
+        natsplug::monitor::serve(host.clone(), address).await?;
     }
     let watcher = if host.config().plugins.watch && use_directory {
         let debounce = Duration::from_millis(host.config().plugins.debounce_ms);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::Secret;
+use natsplug::config::Secret;
 
 /// NATS credentials, TLS and reconnect flags. Any credential flag replaces
 /// the credentials of the config file. Prefer the environment variables
@@ -58,7 +58,7 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
-    pub fn apply(&self, nats: &mut crate::config::NatsConfig) {
+    pub fn apply(&self, nats: &mut natsplug::config::NatsConfig) {
         let credentials_given = self.nats_user.is_some()
             || self.nats_password.is_some()
             || self.nats_token.is_some()

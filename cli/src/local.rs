@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use crate::cache::ArtifactCache;
-use crate::config::HostConfig;
-use crate::plugin::PluginLoader;
+use natsplug::cache::ArtifactCache;
+use natsplug::config::HostConfig;
+use natsplug::plugin::PluginLoader;
 
 /// The first bytes of every WebAssembly binary.
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
@@ -52,7 +52,7 @@ pub fn cache_root(config: &HostConfig) -> PathBuf {
 /// A loader with the engine the host builds for `config`, and the
 /// host's compiled-artifact cache when `cache.enabled`.
 pub fn loader(config: &HostConfig) -> anyhow::Result<PluginLoader> {
-    let engine = crate::engine::build_engine(&config.runtime)?;
+    let engine = natsplug::engine::build_engine(&config.runtime)?;
     let loader = PluginLoader::new(engine, &config.runtime)?;
     if !config.cache.enabled {
         return Ok(loader);

@@ -9,8 +9,10 @@ use clap::Args;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::phase::Phase;
-use crate::protocol::{self, BodyChunk, HeaderList, HttpRequest, HttpResponse, PhaseRequest};
+use natsplug_protocol::Phase;
+use natsplug_protocol::{
+    self as protocol, BodyChunk, HeaderList, HttpRequest, HttpResponse, PhaseRequest,
+};
 
 /// The request-file format, for `--help`.
 pub const FORMAT: &str = "Request file (--request FILE, JSON or YAML; `-` reads standard input):

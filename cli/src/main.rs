@@ -1,5 +1,5 @@
-//! The command line: a thin layer over the library. Each subcommand lives in
-//! its own module.
+//! `natsplug`, the command line: a thin layer over the `natsplug` library.
+//! Each subcommand lives in its own module.
 
 mod bench;
 mod call;
@@ -76,7 +76,7 @@ enum Command {
 }
 
 /// Parse the command line, run it, and turn errors into a message and exit code 1.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // The host narrates its work; the tools print only their results (and
     // warnings) unless RUST_LOG asks for more.

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use base64::Engine as _;
 
-use crate::protocol::{self, Action, PhaseReply};
+use natsplug_protocol::{self as protocol, Action, PhaseReply};
 
 /// How a reply is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

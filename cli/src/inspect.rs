@@ -8,9 +8,9 @@ use clap::Args;
 use wasmtime::component::Component;
 
 use super::local;
-use crate::bindings::{HANDLER_INTERFACE, WIT_VERSION};
-use crate::config::HostConfig;
-use crate::plugin::{self, LoadedPlugin};
+use natsplug::bindings::{HANDLER_INTERFACE, WIT_VERSION};
+use natsplug::config::HostConfig;
+use natsplug::plugin::{self, LoadedPlugin};
 
 pub const EXAMPLES: &str = "Examples:
   natsplug inspect target/wasm32-wasip2/release/authz.wasm

@@ -1,5 +1,5 @@
 //! `natsplug push`, `ls`, `rm` and `rollback`: deploying plugins through a
-//! JetStream object store bucket (layout in [`crate::bucket`]). Writing the
+//! JetStream object store bucket (layout in [`natsplug::bucket`]). Writing the
 //! bucket is the right to deploy; hosts only read it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::connection::NatsArgs;
 use super::local;
-use crate::bucket::{self, ObjectName, meta};
-use crate::config::{HostConfig, NatsConfig};
-use crate::nats::{ConnectionMonitor, NatsConnection, PermissionOperation, PermissionViolation};
+use natsplug::bucket::{self, ObjectName, meta};
+use natsplug::config::{HostConfig, NatsConfig};
+use natsplug::nats::{ConnectionMonitor, NatsConnection, PermissionOperation, PermissionViolation};
 
 pub const PUSH_EXAMPLES: &str = "Examples:
   natsplug push target/wasm32-wasip2/release/authz.wasm --create
@@ -54,7 +54,7 @@ pub struct BucketArgs {
         long = "nats",
         env = "NATSPLUG_NATS_URL",
         value_delimiter = ',',
-        default_value = crate::config::DEFAULT_NATS_URL
+        default_value = natsplug::config::DEFAULT_NATS_URL
     )]
     nats_urls: Vec<String>,
     /// The plugins bucket (a JetStream object store).
@@ -82,7 +82,7 @@ impl BucketArgs {
         self.nats.apply(&mut config);
         // A command fails rather than waiting forever for a server.
         config.max_reconnects = config.max_reconnects.clamp(1, 5);
-        let NatsConnection { client, monitor } = crate::nats::connect_with(&config).await?;
+        let NatsConnection { client, monitor } = natsplug::nats::connect_with(&config).await?;
         Ok(Connected {
             js: jetstream::new(client.clone()),
             client,
@@ -239,7 +239,7 @@ fn pushed_by(nats_user: Option<&str>) -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let mut who = format!("{user}@{}", crate::nats::hostname());
+    let mut who = format!("{user}@{}", natsplug::nats::hostname());
     if let Some(nats_user) = nats_user {
         who.push_str(&format!(" (nats user {nats_user})"));
     }
@@ -277,10 +277,10 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     }
     let name = match &args.name {
         Some(name) => {
-            crate::config::validate_plugin_name(name)?;
+            natsplug::config::validate_plugin_name(name)?;
             name.clone()
         }
-        None => crate::plugin::plugin_name_of(&args.file)?,
+        None => natsplug::plugin::plugin_name_of(&args.file)?,
     };
     // Check the component exactly as a host would load it, before anything
     // reaches NATS.

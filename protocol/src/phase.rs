@@ -42,16 +42,3 @@ impl fmt::Display for Phase {
         f.write_str(self.as_str())
     }
 }
-
-impl Phase {
-    /// The phase of the WIT `phase` enum.
-    pub fn from_wit(phase: crate::bindings::natsplug::plugin::types::Phase) -> Phase {
-        use crate::bindings::natsplug::plugin::types::Phase as Wit;
-        match phase {
-            Wit::RequestFilter => Phase::RequestFilter,
-            Wit::ResponseFilter => Phase::ResponseFilter,
-            Wit::ResponseBodyFilter => Phase::ResponseBodyFilter,
-            Wit::Logging => Phase::Logging,
-        }
-    }
-}

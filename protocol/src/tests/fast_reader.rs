@@ -1,0 +1,217 @@
+//! The one-pass reader against serde: it reads every request a
+//! client library writes, and whenever it answers, it answers
+//! exactly what serde would.
+use crate::decode::from_message;
+use crate::fast;
+use crate::*;
+use proptest::option::of;
+use proptest::prelude::*;
+
+/// Any text, including the empty string and multi-byte characters.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![".{0,12}", "[a-z-]{0,40}", ".{30,300}"]
+}
+
+fn headers() -> impl Strategy<Value = HeaderList> {
+    proptest::collection::vec((text(), text()), 0..20)
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..300)
+}
+
+fn request() -> impl Strategy<Value = PhaseRequest> {
+    let http = (
+        text(),
+        text(),
+        of(text()),
+        of(text()),
+        of(text()),
+        headers(),
+        of(bytes()),
+    )
+        .prop_map(
+            |(method, path, query, host, client_ip, headers, body)| HttpRequest {
+                method,
+                path,
+                query,
+                host,
+                client_ip,
+                headers,
+                body,
+            },
+        );
+    let response =
+        (any::<u16>(), headers(), of(bytes())).prop_map(|(status, headers, body)| HttpResponse {
+            status,
+            headers,
+            body,
+        });
+    let chunk =
+        (bytes(), any::<bool>(), of(bytes())).prop_map(|(data, end_of_stream, state)| BodyChunk {
+            data,
+            end_of_stream,
+            state,
+        });
+    (
+        any::<u16>(),
+        text(),
+        of(any::<u64>()),
+        prop::sample::select(Phase::ALL.map(|p| p.as_str().to_string()).to_vec()),
+        http,
+        of(response),
+        of(chunk),
+        of(any::<u64>()),
+    )
+        .prop_map(
+            |(version, request_id, session_id, phase, request, response, chunk, duration_ms)| {
+                PhaseRequest {
+                    version,
+                    request_id,
+                    session_id,
+                    phase,
+                    request,
+                    response,
+                    chunk,
+                    duration_ms,
+                }
+            },
+        )
+}
+
+/// A request with a field no version of the protocol defines.
+#[derive(Serialize)]
+struct WithUnknownField {
+    #[serde(flatten)]
+    request: PhaseRequest,
+    from_the_future: FutureField,
+}
+
+/// A value of every MessagePack kind, nested in a map.
+#[derive(Serialize)]
+struct FutureField {
+    number: i64,
+    float: f64,
+    flag: Option<bool>,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+    nested: Vec<(String, Vec<u8>)>,
+    headers: HeaderList,
+}
+
+/// Holds the reader to serde's answer for `bytes`.
+fn agrees_with_serde(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Some(view) = fast::decode(bytes) {
+        let by_serde = from_message::<PhaseRequestView<'_>>(bytes);
+        prop_assert_eq!(Some(view), by_serde.ok());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn reads_every_request_a_client_writes(request in request()) {
+        let bytes = encode_request(&request);
+        let view = fast::decode(&bytes);
+        prop_assert!(view.is_some());
+        prop_assert_eq!(view.unwrap().to_request(), request);
+    }
+
+    #[test]
+    fn skips_unknown_fields_of_any_shape(
+        request in request(),
+        number in any::<i64>(),
+        float in any::<f64>(),
+        flag in of(any::<bool>()),
+        raw in bytes(),
+        nested in proptest::collection::vec((text(), bytes()), 0..4),
+        headers in headers(),
+    ) {
+        let bytes = rmp_serde::to_vec_named(&WithUnknownField {
+            request: request.clone(),
+            from_the_future: FutureField { number, float, flag, bytes: raw, nested, headers },
+        }).unwrap();
+        let view = fast::decode(&bytes);
+        prop_assert!(view.is_some());
+        prop_assert_eq!(view.unwrap().to_request(), request);
+    }
+
+    #[test]
+    fn answers_as_serde_does_on_damaged_requests(
+        request in request(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = encode_request(&request);
+        for (index, value) in flips {
+            let at = index.index(bytes.len());
+            bytes[at] = value;
+        }
+        agrees_with_serde(&bytes)?;
+        bytes.truncate(cut.index(bytes.len() + 1));
+        agrees_with_serde(&bytes)?;
+    }
+
+    #[test]
+    fn answers_as_serde_does_on_arbitrary_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        agrees_with_serde(&bytes)?;
+    }
+}
+
+#[test]
+fn leaves_lenient_forms_and_errors_to_serde() {
+    let request = super::sample();
+    // The version as a signed integer, as some libraries write
+    // small numbers.
+    let plain = encode_request(&request);
+    let at = plain
+        .windows(9)
+        .position(|w| w == b"\xa7version\x01")
+        .unwrap();
+    let signed = [&plain[..at + 8], b"\xd0", &plain[at + 8..]].concat();
+    assert_eq!(fast::decode(&signed), None);
+    assert_eq!(
+        decode_request(&signed, Phase::RequestFilter).unwrap(),
+        request
+    );
+    // A field given twice.
+    let mut twice = encode_request(&request);
+    twice[0] += 1;
+    twice.extend(rmp_serde::to_vec("version").unwrap());
+    twice.push(1);
+    assert_eq!(fast::decode(&twice), None);
+    // An unknown field nested beyond serde's depth limit.
+    let mut deep = encode_request(&request);
+    deep[0] += 1;
+    deep.extend(rmp_serde::to_vec("from_the_future").unwrap());
+    deep.extend([0x91; 2000]);
+    deep.push(0xc0);
+    assert_eq!(fast::decode(&deep), None);
+    let (id, error) = decode_request(&deep, Phase::RequestFilter).unwrap_err();
+    assert_eq!((id.as_str(), error.code()), ("", 400));
+    assert!(
+        error.to_string().contains("depth limit exceeded"),
+        "{error}"
+    );
+    // Nesting within the limit is skipped, by both readers.
+    let mut nested = encode_request(&request);
+    nested[0] += 1;
+    nested.extend(rmp_serde::to_vec("from_the_future").unwrap());
+    nested.extend([0x91; 40]);
+    nested.push(0xc0);
+    assert_eq!(fast::decode(&nested).unwrap().to_request(), request);
+    assert_eq!(
+        from_message::<PhaseRequestView<'_>>(&nested)
+            .unwrap()
+            .to_request(),
+        request
+    );
+    // Trailing bytes after the map.
+    let mut trailing = encode_request(&request);
+    trailing.push(0xc0);
+    assert_eq!(fast::decode(&trailing), None);
+}
