@@ -12,6 +12,7 @@ use super::local;
 use super::reply::{self, Format};
 use super::request_file::{RequestArgs, parse_phase};
 use natsplug::config::HostConfig;
+use natsplug::decode;
 use natsplug::dispatch::{self, CallSettings};
 use natsplug::logs::{LogRecord, LogValue};
 use natsplug_protocol as protocol;
@@ -134,9 +135,9 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
 
     let request = spec.build(phase, &format!("invoke-{}", std::process::id()))?;
     let payload = protocol::encode_request(&request);
-    let trace_id = args.traceparent.as_deref().and_then(dispatch::trace_id_of);
+    let trace_id = args.traceparent.as_deref().and_then(decode::trace_id_of);
     let settings = CallSettings::from_runtime(&config.runtime, args.max_reply_bytes);
-    let outcome = match dispatch::refuse_oversized(&payload, config.runtime.max_request_bytes) {
+    let outcome = match decode::refuse_oversized(&payload, config.runtime.max_request_bytes) {
         Some(refused) => refused,
         None => dispatch::run(&mut None, &plugin, phase, &payload, trace_id, &settings),
     };

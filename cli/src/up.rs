@@ -11,8 +11,9 @@ use clap::Args;
 
 use natsplug::bucket::source::BucketSource;
 use natsplug::config::HostConfig;
-use natsplug::nats::{self, EmbeddedServer, PermissionViolation};
+use natsplug::nats::{self, EmbeddedServer};
 use natsplug::server::Host;
+use natsplug::sources::{Origin, Sources};
 use natsplug::watch::DirectoryWatcher;
 
 pub const EXAMPLES: &str = "Examples:
@@ -111,17 +112,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
     // Check the directory before anything is started. With a bucket, the
     // directory is optional.
-    let use_directory = match natsplug::server::wasm_files(&config.plugins.dir) {
-        Ok(_) => true,
-        Err(_) if config.plugins.bucket.is_some() && !config.plugins.dir.exists() => {
-            tracing::info!(
-                dir = %config.plugins.dir.display(),
-                "no plugins directory; serving the bucket's plugins only"
-            );
-            false
-        }
-        Err(error) => return Err(error),
-    };
+    let use_directory = Sources::uses_directory(&config.plugins)?;
 
     let embedded = if config.nats.urls.is_empty() && !nats::is_listening(nats::LOCAL_ADDR) {
         Some(EmbeddedServer::start().await?)
@@ -145,27 +136,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Vec::new()
     };
     let bucket = match host.config().plugins.bucket.clone() {
-        Some(bucket) => {
-            let source = BucketSource::start(host.clone(), bucket).await;
-            failures.extend(
-                host.failures()
-                    .await
-                    .into_iter()
-                    .filter(|(_, failure)| failure.origin == natsplug::server::Origin::Bucket)
-                    .map(|(name, failure)| (PathBuf::from(name), anyhow::anyhow!(failure.error))),
-            );
-            Some(source)
-        }
+        Some(bucket) => Some(BucketSource::start(host.clone(), bucket).await),
         None => None,
     };
     // A subject the account may not subscribe to is a deployment error:
     // fail the start rather than serve part of the plugins.
-    if let Some(violation) = failures
-        .iter()
-        .find_map(|(_, error)| error.downcast_ref::<PermissionViolation>())
-    {
+    let refused = host.failures().await;
+    if let Some(violation) = refused.values().find_map(|failure| failure.error.refusal()) {
         bail!("{violation}");
     }
+    failures.extend(
+        refused
+            .into_iter()
+            .filter(|(_, failure)| failure.origin == Origin::Bucket)
+            .map(|(name, failure)| (PathBuf::from(name), failure.error.into_anyhow())),
+    );
     if host.config().monitoring.discovery {
         natsplug::discovery::serve(host.clone()).await?;
     }

@@ -98,7 +98,10 @@ fn identity(
             format!("plugin.{name}.failed_hash"),
             failure.content_hash.clone(),
         );
-        metadata.insert(format!("plugin.{name}.failed_error"), failure.error.clone());
+        metadata.insert(
+            format!("plugin.{name}.failed_error"),
+            failure.error.to_string(),
+        );
     }
     if let Some(bucket) = &config.plugins.bucket {
         metadata.insert("bucket".to_string(), bucket.clone());

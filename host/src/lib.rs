@@ -4,16 +4,25 @@
 //! every phase each plugin implements, and runs each request through the
 //! plugin's component. The request path, one module per step:
 //!
-//! subscription ([`server`]) → decode ([`protocol`]) → pick an instance
-//! ([`executor`]) → call the guest ([`dispatch`]) → encode → reply.
+//! [`subscription`] (one per phase of a plugin) → [`decode`] →
+//! [`admission`] (in-flight limits, overload) → [`executor`] (worker
+//! threads) → [`dispatch`] (instance, guest call, limits) → [`reply`].
 //!
-//! Plugins are loaded by [`plugin`] against the contract in `wit/`, and run
-//! in the sandbox of [`sandbox`] on the engine of [`engine`].
+//! Around it: [`server`] owns what the request path shares (the served
+//! plugins, hot swap, load failures, the drain); [`plugin`] loads
+//! components against the contract in `wit/` and runs them in the
+//! [`sandbox`] on the [`engine`]; [`sources`] says where plugins come from,
+//! followed by [`watch`] (the directory) and [`bucket`] (JetStream);
+//! [`logs`], [`metrics`], [`monitor`] and [`discovery`] report; [`config`]
+//! holds every setting; [`nats`] reaches the server. The wire types are
+//! the `natsplug-protocol` crate.
 
+pub mod admission;
 pub mod bindings;
 pub mod bucket;
 pub mod cache;
 pub mod config;
+pub mod decode;
 pub mod discovery;
 pub mod dispatch;
 pub mod engine;
@@ -24,9 +33,12 @@ pub mod metrics;
 pub mod monitor;
 pub mod nats;
 pub mod plugin;
+pub mod reply;
 pub mod sandbox;
 pub mod server;
+pub mod sources;
 pub mod stats;
+pub mod subscription;
 pub mod watch;
 
 pub use config::HostConfig;

@@ -52,11 +52,11 @@ pub struct CallContext {
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
-    pub(crate) identity: Arc<PluginIdentity>,
-    pub(crate) call: CallContext,
-    pub(crate) records: Vec<LogRecord>,
-    pub(crate) dropped_records: u64,
+    limits: StoreLimits,
+    identity: Arc<PluginIdentity>,
+    call: CallContext,
+    records: Vec<LogRecord>,
+    dropped_records: u64,
 }
 
 impl InstanceState {
@@ -78,6 +78,16 @@ impl InstanceState {
             records: Vec::new(),
             dropped_records: 0,
         }
+    }
+
+    /// The memory and table limits of the instance, for `Store::limiter`.
+    pub fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    /// Start a call: the records it logs carry `call`'s ids.
+    pub fn begin_call(&mut self, call: CallContext) {
+        self.call = call;
     }
 
     /// Take the records logged since the last call to this.

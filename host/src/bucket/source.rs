@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ObjectName;
-use crate::server::{Host, Origin, SyncOutcome};
+use crate::server::{Host, LoadError, SyncOutcome};
+use crate::sources::Origin;
 
 /// Plugins loaded side by side in a full pass over the bucket.
 const PARALLEL_LOADS: usize = 4;
@@ -83,7 +84,7 @@ impl Follower {
 
     async fn run(self, first: anyhow::Result<Opened>, stop: CancellationToken) {
         let (released_tx, mut released) = tokio::sync::mpsc::unbounded_channel();
-        self.host.on_directory_release(released_tx);
+        self.host.sources().on_directory_release(released_tx);
         let mut reconnections = self.host.monitor().reconnections();
         let resync_every = self.host.config().plugins.bucket_resync_secs;
         let mut resync = tokio::time::interval(Duration::from_secs(resync_every.max(1)));
@@ -156,9 +157,7 @@ impl Follower {
         let bucket = self.bucket.clone();
         tokio::spawn(async move {
             // Failures to load are logged and recorded by the host.
-            if let Err(error) = sync_plugin(&host, &store, &name).await
-                && !is_load_failure(&error)
-            {
+            if let Err(SyncError::Read(error)) = sync_plugin(&host, &store, &name).await {
                 tracing::warn!(bucket = %bucket, plugin = %name, "could not read plugin `{name}` from bucket `{bucket}`: {error:#}");
             }
         });
@@ -190,9 +189,7 @@ impl Follower {
             let permits = &permits;
             async move {
                 let _permit = permits.acquire().await;
-                if let Err(error) = sync_plugin(&self.host, store, name).await
-                    && !is_load_failure(&error)
-                {
+                if let Err(SyncError::Read(error)) = sync_plugin(&self.host, store, name).await {
                     tracing::warn!(bucket = %self.bucket, plugin = %name, "could not read plugin `{name}` from bucket `{}`: {error:#}", self.bucket);
                 }
             }
@@ -216,35 +213,34 @@ impl Follower {
         );
         for name in stale.difference(&names) {
             let lock = self.host.lock_plugin(name).await;
-            self.host.apply(&lock, Origin::Bucket, None).await?;
+            self.host
+                .apply(&lock, Origin::Bucket, None)
+                .await
+                .map_err(LoadError::into_anyhow)?;
         }
         Ok(())
     }
 }
 
-/// Marks errors of [`Host::apply`] (already logged and recorded).
-#[derive(Debug)]
-struct LoadFailed(anyhow::Error);
-
-impl std::fmt::Display for LoadFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for LoadFailed {}
-
-fn is_load_failure(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<LoadFailed>().is_some()
+/// Why a plugin could not be brought in line with the bucket.
+enum SyncError {
+    /// Its version failed to load: already logged and recorded by the host.
+    Load,
+    /// The bucket could not be read.
+    Read(anyhow::Error),
 }
 
 /// Bring plugin `name` in line with its object in `store`. The bytes are
 /// fetched only when the object's content hash is neither served nor
 /// known to fail already.
-async fn sync_plugin(host: &Host, store: &ObjectStore, name: &str) -> anyhow::Result<SyncOutcome> {
+async fn sync_plugin(
+    host: &Host,
+    store: &ObjectStore,
+    name: &str,
+) -> Result<SyncOutcome, SyncError> {
     use jetstream::object_store::InfoErrorKind;
     let lock = host.lock_plugin(name).await;
-    if host.directory_holds(name) {
+    if !host.sources().bucket_may_serve(name) {
         tracing::debug!(plugin = %name, "plugin `{name}` is in the plugins directory, which wins over the bucket");
         return Ok(SyncOutcome::Unchanged);
     }
@@ -253,14 +249,16 @@ async fn sync_plugin(host: &Host, store: &ObjectStore, name: &str) -> anyhow::Re
         Ok(_) => None,
         Err(error) if matches!(error.kind(), InfoErrorKind::NotFound) => None,
         Err(error) => {
-            return Err(anyhow::Error::new(error).context(format!("reading the info of `{name}`")));
+            return Err(SyncError::Read(
+                anyhow::Error::new(error).context(format!("reading the info of `{name}`")),
+            ));
         }
     };
     let Some(info) = info else {
         return host
             .apply(&lock, Origin::Bucket, None)
             .await
-            .map_err(|e| LoadFailed(e).into());
+            .map_err(|_| SyncError::Load);
     };
     if let Some(content_hash) = super::content_hash_of(&info) {
         if host
@@ -277,8 +275,11 @@ async fn sync_plugin(host: &Host, store: &ObjectStore, name: &str) -> anyhow::Re
             return Ok(SyncOutcome::Unchanged);
         }
     }
-    let bytes = super::read(store, name).await?.map(|(_, bytes)| bytes);
+    let bytes = super::read(store, name)
+        .await
+        .map_err(SyncError::Read)?
+        .map(|(_, bytes)| bytes);
     host.apply(&lock, Origin::Bucket, bytes)
         .await
-        .map_err(|e| LoadFailed(e).into())
+        .map_err(|_| SyncError::Load)
 }

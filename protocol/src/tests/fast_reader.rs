@@ -6,6 +6,7 @@ use crate::fast;
 use crate::*;
 use proptest::option::of;
 use proptest::prelude::*;
+use serde::Serialize;
 
 /// Any text, including the empty string and multi-byte characters.
 fn text() -> impl Strategy<Value = String> {

@@ -6,9 +6,9 @@ mod fuzz;
 
 use std::borrow::Cow;
 
-use crate::decode::from_message;
 use crate::encode::reply_size_hint;
 use crate::*;
+use serde::Serialize;
 
 fn sample() -> PhaseRequest {
     PhaseRequest {

@@ -1,6 +1,6 @@
-//! Loading a plugin: compile the component, check it against the WIT
-//! contract, ask it which phases it implements, and keep it ready to
-//! instantiate (an `InstancePre`).
+//! Loading a plugin: compile the component (or take it from the artifact
+//! cache), check it against the WIT contract, ask it which phases it
+//! implements, and keep it ready to instantiate (an `InstancePre`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,135 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
-use wasmtime::{Engine, Store};
-
-use crate::bindings::{self, HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
-use crate::cache::ArtifactCache;
-use crate::config::{FailureMode, PluginSettings, RuntimeConfig, validate_plugin_name};
-use crate::sandbox::{InstanceState, PluginIdentity};
 use natsplug_protocol::Phase;
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+
+use super::{LoadedPlugin, PluginLimits, content_hash, plugin_name_of};
+use crate::bindings::{HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
+use crate::cache::ArtifactCache;
+use crate::config::{PluginSettings, RuntimeConfig, validate_plugin_name};
+use crate::sandbox::{InstanceState, PluginIdentity};
 
 static NEXT_PLUGIN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A compiled, validated plugin, ready to instantiate. Shared by every call
-/// that started on this version; a reload makes a new one.
-pub struct LoadedPlugin {
-    /// Unique per load: instances are tied to the load that made them.
-    pub id: u64,
-    /// The plugin name (file stem); the `{plugin}` token of its subjects.
-    pub name: String,
-    /// SHA-256 of the component bytes, hex.
-    pub content_hash: String,
-    /// Size of the component in bytes.
-    pub size: usize,
-    /// The version the plugin reports, if any.
-    pub version: Option<String>,
-    /// The phases the plugin implements, in exchange order.
-    pub phases: Vec<Phase>,
-    /// Calls of this plugin allowed in flight.
-    pub max_in_flight: usize,
-    /// Limits and failure policy of this plugin's calls.
-    pub limits: PluginLimits,
-    /// Time spent compiling (or loading from the cache) the component.
-    pub compile_time: Duration,
-    /// Whether the compiled component came from the artifact cache.
-    pub from_cache: bool,
-    pre: PluginPre<InstanceState>,
-    identity: Arc<PluginIdentity>,
-}
-
-/// The resolved limits of one plugin: its own settings over the host's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginLimits {
-    /// Deadline of one call.
-    pub call_timeout: Duration,
-    /// Linear memory cap per instance.
-    pub max_memory_bytes: usize,
-    /// Calls running at once on worker threads (0 = no cap).
-    pub max_concurrency: usize,
-    /// Failure mode per phase, indexed like [`Phase::ALL`].
-    pub failure_modes: [FailureMode; 4],
-}
-
-impl PluginLimits {
-    /// Resolve `settings` over the host-wide `runtime` defaults.
-    pub fn resolve(runtime: &RuntimeConfig, settings: &PluginSettings) -> PluginLimits {
-        let memory_mb = settings.max_memory_mb.unwrap_or(runtime.max_memory_mb);
-        PluginLimits {
-            call_timeout: Duration::from_millis(
-                settings.call_timeout_ms.unwrap_or(runtime.call_timeout_ms),
-            ),
-            max_memory_bytes: usize::try_from(memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
-            max_concurrency: settings
-                .max_concurrency
-                .unwrap_or(runtime.max_concurrency_per_plugin),
-            failure_modes: Phase::ALL
-                .map(|phase| settings.failure_mode.resolve(&runtime.failure_mode, phase)),
-        }
-    }
-
-    /// The failure mode of `phase`.
-    pub fn failure_mode(&self, phase: Phase) -> FailureMode {
-        self.failure_modes[phase as usize]
-    }
-}
-
-impl std::fmt::Debug for LoadedPlugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin")
-            .field("name", &self.name)
-            .field("content_hash", &self.content_hash)
-            .field("version", &self.version)
-            .field("phases", &self.phases)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A live instance of a plugin and its store.
-pub struct PluginInstance {
-    pub(crate) store: Store<InstanceState>,
-    pub(crate) bindings: bindings::Plugin,
-    /// The [`LoadedPlugin::id`] this instance was made from.
-    pub plugin_id: u64,
-    /// Calls served so far.
-    pub calls: u64,
-}
-
-impl LoadedPlugin {
-    /// A new instance with its own store, limits and empty WASI context.
-    pub fn instantiate(&self) -> anyhow::Result<PluginInstance> {
-        let state = InstanceState::new(self.identity.clone(), self.limits.max_memory_bytes);
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
-        // Start-up code (static initialisers) runs under the same deadline
-        // as a call would.
-        store.set_epoch_deadline(crate::engine::deadline_ticks(Duration::from_secs(10)));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("instantiating plugin `{}`", self.name))?;
-        Ok(PluginInstance {
-            store,
-            bindings,
-            plugin_id: self.id,
-            calls: 0,
-        })
-    }
-
-    /// Whether the plugin implements `phase`.
-    pub fn implements(&self, phase: Phase) -> bool {
-        self.phases.contains(&phase)
-    }
-
-    /// The short form of the content hash used in logs.
-    pub fn short_hash(&self) -> &str {
-        &self.content_hash[..12.min(self.content_hash.len())]
-    }
-}
 
 /// Compiles and validates plugins for one engine.
 #[derive(Clone)]
@@ -293,13 +175,10 @@ impl PluginLoader {
             identity,
         };
         let mut instance = plugin.instantiate()?;
-        instance
-            .store
-            .set_epoch_deadline(crate::engine::deadline_ticks(Duration::from_secs(5)));
-        let info = instance
-            .bindings
-            .natsplug_plugin_handler()
-            .call_describe(&mut instance.store)
+        instance.begin_call(Default::default(), Duration::from_secs(5));
+        let (handler, store) = instance.handler();
+        let info = handler
+            .call_describe(store)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("calling `describe` of plugin `{name}`"))?;
         let mut phases: Vec<Phase> = info.phases.iter().map(|p| Phase::from(*p)).collect();
@@ -319,21 +198,6 @@ impl PluginLoader {
         });
         Ok(plugin)
     }
-}
-
-/// The content hash of component bytes: SHA-256, hex.
-pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// The plugin name of a component file: its stem, checked as a subject token.
-pub fn plugin_name_of(path: &Path) -> anyhow::Result<String> {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| anyhow!("plugin file {} has no usable name", path.display()))?;
-    validate_plugin_name(stem)?;
-    Ok(stem.to_string())
 }
 
 /// Check that the component exports our handler interface at our version,
