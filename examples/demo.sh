@@ -12,7 +12,7 @@ echo "==> building the example plugins (wasm32-wasip2)"
 cargo build -q --target wasm32-wasip2 --profile guest --target-dir target/guests \
     -p header-injector -p authz -p body-redactor -p access-logger
 echo "==> building natsplug"
-cargo build -q -p natsplug
+cargo build -q -p natsplug-cli
 
 plugins=target/demo-plugins
 mkdir -p "$plugins"

@@ -68,7 +68,7 @@ pub fn natsplug_binary() -> std::path::PathBuf {
             let mut command = cargo_command();
             command
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet", "-p", "natsplug", "--bin", "natsplug"]);
+                .args(["build", "--quiet", "-p", "natsplug-cli", "--bin", "natsplug"]);
             if profile != "debug" {
                 command.args([
                     "--profile",
