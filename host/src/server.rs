@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HostConfig, OverloadPolicy};
 use crate::dispatch::{CallSettings, Outcome};
 use crate::executor::{Executor, Job, WorkerContext, publish_outcome};
-use crate::log_publisher::LogPublisher;
+use crate::logs::LogPublisher;
 use crate::logs::{LogFilter, LogLevel, LogPipeline, LogRecord, LogSink, NullSink, TracingSink};
 use crate::nats::{ConnectionMonitor, NatsConnection};
 use crate::plugin::{LoadedPlugin, PluginLoader};
