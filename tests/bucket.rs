@@ -2,7 +2,8 @@
 //! object store bucket: pushes reach every host with no failed request, a
 //! broken push keeps the fleet on the previous version and `rollback`
 //! recovers it, a late host gets the current set, large components travel,
-//! the directory wins over the bucket, and read-only hosts still load.
+//! the directory wins over the bucket, read-only hosts still load, and a
+//! bucket plugin whose subject the server refuses fails the start.
 
 use std::path::Path;
 use std::process::Output;
@@ -454,6 +455,63 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
         !host.log().contains("Permissions Violation"),
         "{}",
         host.log()
+    );
+}
+
+/// Server users: `host` may not subscribe to the subjects of plugin `edge`;
+/// `deploy` may do anything.
+const EDGE_REFUSED: &str = r#"
+jetstream: enabled
+authorization {
+  users: [
+    { user: host, password: host-secret, permissions: { subscribe: { deny: ["nylon.plugin.edge.>"] } } }
+    { user: deploy, password: deploy-secret }
+  ]
+}
+"#;
+
+#[tokio::test]
+async fn a_bucket_plugin_whose_subject_the_server_refuses_fails_up_naming_the_subject() {
+    let server = NatsServer::start_with_config(EDGE_REFUSED);
+    let url = server.url();
+    let deploy =
+        async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())
+            .connect(&url)
+            .await
+            .unwrap();
+    let store = natsplug::bucket::create(&jetstream::new(deploy), "plugins", 1)
+        .await
+        .unwrap();
+    let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
+    store.put("edge", &mut injector.as_slice()).await.unwrap();
+
+    let plugins = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut host = UpProcess::spawn(
+        &[
+            "--nats",
+            &url,
+            "--bucket",
+            "plugins",
+            "--plugins",
+            plugins.path().to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &[
+            ("NATSPLUG_NATS_USER", "host"),
+            ("NATSPLUG_NATS_PASSWORD", "host-secret"),
+        ],
+        std::process::Stdio::null(),
+    );
+    let status = host.wait_exit();
+    assert!(!status.success(), "up served without the refused plugin");
+    let log = host.log();
+    assert!(
+        log.contains(
+            "error: NATS refused to let this host subscribe to `nylon.plugin.edge.request_filter`"
+        ) && log.contains("lacks subscribe permission there"),
+        "{log}"
     );
 }
 

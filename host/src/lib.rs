@@ -27,7 +27,6 @@ pub mod discovery;
 pub mod dispatch;
 pub mod engine;
 pub mod executor;
-pub mod log_publisher;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;

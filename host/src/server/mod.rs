@@ -23,8 +23,9 @@ use crate::admission::Admission;
 use crate::config::HostConfig;
 use crate::dispatch::CallSettings;
 use crate::executor::{Executor, WorkerContext};
-use crate::log_publisher::LogPublisher;
-use crate::logs::{LogFilter, LogLevel, LogPipeline, LogRecord, LogSink, NullSink, TracingSink};
+use crate::logs::{
+    LogFilter, LogLevel, LogPipeline, LogPublisher, LogRecord, LogSink, NullSink, TracingSink,
+};
 use crate::nats::{ConnectionMonitor, NatsConnection};
 use crate::plugin::PluginLoader;
 use crate::sources::Sources;

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::{LogRecord, LogSink, Origin};
 use crate::config::{LogFormat, LogsConfig};
-use crate::logs::{LogRecord, LogSink, Origin};
 use crate::stats::HostStats;
 
 /// Longest a closing publisher keeps retrying unacknowledged records.
