@@ -19,7 +19,7 @@
 //! printed and written, with every round, as JSON to
 //! `target/bench/end_to_end.json`.
 //!
-//! `cargo bench --bench end_to_end`, options after `--`:
+//! `cargo bench -p natsplug-suite --bench end_to_end`, options after `--`:
 //! `--seconds S` per responder and round (default 3), `--rounds N`
 //! (default 3), `--concurrency 1,64,256`, `--host-threads N` (the host's
 //! async threads, `TOKIO_WORKER_THREADS`) and `--host-workers N` (its

@@ -4,7 +4,7 @@
 //! For the Rust header injector and authorizer and, when built, the
 //! JavaScript path rewriter.
 //!
-//! `cargo bench --bench micro` (build the JavaScript example first with
+//! `cargo bench -p natsplug-suite --bench micro` (build the JavaScript example first with
 //! `examples/build-polyglot.sh` to include it)
 
 use std::hint::black_box;

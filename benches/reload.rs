@@ -3,7 +3,7 @@
 //! for a small Rust plugin and, when built, the large Python and
 //! JavaScript ones; cold (never compiled) and with the compiled cache warm.
 //!
-//! `cargo bench --bench reload` (build the polyglot examples first with
+//! `cargo bench -p natsplug-suite --bench reload` (build the polyglot examples first with
 //! `examples/build-polyglot.sh` to include the large plugins)
 
 use std::path::Path;

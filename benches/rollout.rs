@@ -4,7 +4,7 @@
 //! for a small Rust plugin and, when built, the large Python and JavaScript
 //! ones; cold (never compiled on the hosts) and with their caches warm.
 //!
-//! `cargo bench --bench rollout` (build the polyglot examples first with
+//! `cargo bench -p natsplug-suite --bench rollout` (build the polyglot examples first with
 //! `examples/build-polyglot.sh` to include the large plugins)
 
 use std::path::{Path, PathBuf};

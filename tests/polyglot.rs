@@ -8,7 +8,7 @@
 //!
 //! `measure_polyglot_components` (ignored by default) prints the numbers
 //! quoted in the examples' READMEs:
-//! `cargo test --release --test polyglot -- --ignored --nocapture measure`.
+//! `cargo test -p natsplug-suite --release --test polyglot -- --ignored --nocapture measure`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

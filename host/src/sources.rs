@@ -4,9 +4,9 @@
 //! override); when the file leaves, the bucket's version is served again.
 //! The directory is required unless a bucket is configured.
 //!
-//! Both sources bring a plugin in line through the same path
-//! ([`crate::server::Host::apply`]); [`crate::watch`] follows the directory,
-//! [`crate::bucket::source`] the bucket.
+//! Both sources bring a plugin in line through the same path (the host's
+//! `apply`); the `watch` module follows the directory, `bucket::source`
+//! the bucket. This module depends on neither.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
