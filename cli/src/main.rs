@@ -1,22 +1,18 @@
 //! `natsplug`, the command line: a thin layer over the `natsplug` library.
-//! Each subcommand lives in its own module.
+//! Each subcommand lives in its own module under [`commands`]; the modules
+//! beside it hold what several subcommands share.
 
-mod bench;
-mod call;
+mod commands;
 mod connection;
-mod deploy;
-mod inspect;
-mod invoke;
 mod local;
-mod new;
 mod reply;
 mod request_file;
-mod status;
-mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use commands::{bench, call, deploy, inspect, invoke, new, status, up};
 
 pub const EXAMPLES: &str = "Examples:
   natsplug new rate-limiter                                  # scaffold a plugin

@@ -16,8 +16,8 @@ use clap::Args;
 use futures::StreamExt as _;
 use serde_json::json;
 
-use super::connection::NatsArgs;
-use super::local;
+use crate::connection::NatsArgs;
+use crate::local;
 use natsplug::bucket::{self, ObjectName, meta};
 use natsplug::config::{HostConfig, NatsConfig};
 use natsplug::nats::{ConnectionMonitor, NatsConnection, PermissionOperation, PermissionViolation};

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 
-use super::reply::{self, Format};
-use super::request_file::{RequestArgs, parse_phase};
+use crate::reply::{self, Format};
+use crate::request_file::{RequestArgs, parse_phase};
 use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use natsplug_protocol as protocol;
 use natsplug_protocol::Phase;

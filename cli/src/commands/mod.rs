@@ -1,0 +1,11 @@
+//! The subcommands, one module each, named after the subcommand. Each has
+//! its flags (`*Args`), its `EXAMPLES` for `--help`, and `run`.
+
+pub mod bench;
+pub mod call;
+pub mod deploy;
+pub mod inspect;
+pub mod invoke;
+pub mod new;
+pub mod status;
+pub mod up;
