@@ -3,9 +3,12 @@
 
 pub mod bench;
 pub mod call;
-pub mod deploy;
 pub mod inspect;
 pub mod invoke;
+pub mod ls;
 pub mod new;
+pub mod push;
+pub mod rm;
+pub mod rollback;
 pub mod status;
 pub mod up;

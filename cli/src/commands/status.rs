@@ -10,7 +10,7 @@ use clap::Args;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::deploy::{BucketArgs, Inventory};
+use crate::bucket::{BucketArgs, Inventory};
 use natsplug::bucket;
 
 pub const EXAMPLES: &str = "Examples:
