@@ -7,7 +7,7 @@ mod commands;
 mod connection;
 mod local;
 mod reply;
-mod request_file;
+mod request;
 
 use std::process::ExitCode;
 
@@ -146,7 +146,7 @@ fn async_threads(command: &Command) -> usize {
 /// Examples followed by the request-file format, for the subcommands that
 /// build a phase request.
 fn with_request_format(examples: &str) -> String {
-    format!("{examples}\n\n{}", request_file::FORMAT)
+    format!("{examples}\n\n{}", request::file::FORMAT)
 }
 
 fn init_tracing(default_filter: &str) {

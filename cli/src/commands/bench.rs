@@ -12,7 +12,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 use super::call;
-use crate::request_file::{RequestArgs, parse_phase};
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use natsplug_protocol::{self as protocol, Action};
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 
 use crate::reply::{self, Format};
-use crate::request_file::{RequestArgs, parse_phase};
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use natsplug_protocol as protocol;
 use natsplug_protocol::Phase;

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::local;
 use crate::reply::{self, Format};
-use crate::request_file::{RequestArgs, parse_phase};
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::HostConfig;
 use natsplug::dispatch::{self, CallSettings};
 use natsplug::logs::{LogRecord, LogValue};
