@@ -201,7 +201,7 @@ pub async fn delete(
     .await
 }
 
-/// The first 12 characters of a content hash, as the commands show it.
+/// The first 12 characters of a hash or id, as the commands show it.
 pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

@@ -6,6 +6,7 @@ mod bucket;
 mod commands;
 mod connection;
 mod local;
+mod remote;
 mod reply;
 mod request;
 
