@@ -1,5 +1,5 @@
-//! What `invoke` and `inspect` share: reading a component file with clear
-//! errors, and the engine, loader and cache the host would use.
+//! What `invoke`, `inspect` and `push` share: reading a component file
+//! with clear errors, and the engine, loader and cache the host would use.
 
 use std::path::{Path, PathBuf};
 

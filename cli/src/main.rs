@@ -1,22 +1,20 @@
 //! `natsplug`, the command line: a thin layer over the `natsplug` library.
-//! Each subcommand lives in its own module.
+//! Each subcommand lives in its own module under [`commands`]; the modules
+//! beside it hold what several subcommands share.
 
-mod bench;
-mod call;
+mod bucket;
+mod commands;
 mod connection;
-mod deploy;
-mod inspect;
-mod invoke;
 mod local;
-mod new;
+mod remote;
 mod reply;
-mod request_file;
-mod status;
-mod up;
+mod request;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use commands::{bench, call, inspect, invoke, ls, new, push, rm, rollback, status, up};
 
 pub const EXAMPLES: &str = "Examples:
   natsplug new rate-limiter                                  # scaffold a plugin
@@ -59,17 +57,17 @@ enum Command {
     #[command(after_help = with_request_format(bench::EXAMPLES))]
     Bench(bench::BenchArgs),
     /// Check a component and put it into the plugins bucket: every host serving the bucket loads it.
-    #[command(after_help = deploy::PUSH_EXAMPLES)]
-    Push(deploy::PushArgs),
+    #[command(after_help = push::EXAMPLES)]
+    Push(push::PushArgs),
     /// List the plugins in the bucket, with versions and hashes.
-    #[command(after_help = deploy::LS_EXAMPLES)]
-    Ls(deploy::LsArgs),
+    #[command(after_help = ls::EXAMPLES)]
+    Ls(ls::LsArgs),
     /// Remove a plugin from the bucket (and so from every host serving it).
-    #[command(after_help = deploy::RM_EXAMPLES)]
-    Rm(deploy::RmArgs),
+    #[command(after_help = rm::EXAMPLES)]
+    Rm(rm::RmArgs),
     /// Put the previous version of a plugin back into the bucket.
-    #[command(after_help = deploy::ROLLBACK_EXAMPLES)]
-    Rollback(deploy::RollbackArgs),
+    #[command(after_help = rollback::EXAMPLES)]
+    Rollback(rollback::RollbackArgs),
     /// Which hosts serve which version of each plugin, against the bucket.
     #[command(after_help = status::EXAMPLES)]
     Status(status::StatusArgs),
@@ -109,10 +107,10 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::New(args) => new::run(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Push(args) => deploy::push(args).await,
-            Command::Ls(args) => deploy::ls(args).await,
-            Command::Rm(args) => deploy::rm(args).await,
-            Command::Rollback(args) => deploy::rollback(args).await,
+            Command::Push(args) => push::run(args).await,
+            Command::Ls(args) => ls::run(args).await,
+            Command::Rm(args) => rm::run(args).await,
+            Command::Rollback(args) => rollback::run(args).await,
             Command::Status(args) => status::run(args).await,
         }
     });
@@ -149,7 +147,7 @@ fn async_threads(command: &Command) -> usize {
 /// Examples followed by the request-file format, for the subcommands that
 /// build a phase request.
 fn with_request_format(examples: &str) -> String {
-    format!("{examples}\n\n{}", request_file::FORMAT)
+    format!("{examples}\n\n{}", request::file::FORMAT)
 }
 
 fn init_tracing(default_filter: &str) {

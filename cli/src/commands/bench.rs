@@ -11,8 +11,8 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 
-use super::call;
-use super::request_file::{RequestArgs, parse_phase};
+use crate::remote;
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use natsplug_protocol::{self as protocol, Action};
 
@@ -125,12 +125,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None => protocol::encode_request(&args.request.load()?.build(phase, "bench")?),
     };
     let payload = bytes::Bytes::from(payload);
-    let timeout = call::timeout(args.timeout)?;
-    let subject = call::subject(&args.prefix, &args.plugin, phase);
+    let timeout = remote::timeout(args.timeout)?;
+    let subject = remote::subject(&args.prefix, &args.plugin, phase);
     let client = natsplug::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
     // One request first: it fails clearly when nothing serves the subject,
     // and warms an instance up.
-    call::send(&client, &subject, phase, payload.to_vec(), timeout).await?;
+    remote::send(&client, &subject, phase, payload.to_vec(), timeout).await?;
 
     let progress = progress_bar(limit);
     let issued = Arc::new(AtomicU64::new(0));

@@ -62,7 +62,7 @@ pub struct UpArgs {
     #[arg(long, env = "NATSPLUG_MONITOR")]
     monitor: Option<String>,
     #[command(flatten)]
-    nats: Box<super::connection::NatsArgs>,
+    nats: Box<crate::connection::NatsArgs>,
 }
 
 impl UpArgs {

@@ -1,16 +1,15 @@
 //! `natsplug call`: send one phase request over NATS and print the reply.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use clap::Args;
 
-use super::reply::{self, Format};
-use super::request_file::{RequestArgs, parse_phase};
+use crate::remote;
+use crate::reply::{self, Format};
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::{DEFAULT_NATS_URL, SubjectsConfig};
 use natsplug_protocol as protocol;
-use natsplug_protocol::Phase;
 
 pub const EXAMPLES: &str = "Examples:
   natsplug call authz request_filter --path /admin -H 'authorization: Bearer s3cret'
@@ -50,10 +49,17 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         .request
         .load()?
         .build(phase, &format!("call-{}", std::process::id()))?;
-    let subject = subject(&args.prefix, &args.plugin, phase);
+    let subject = remote::subject(&args.prefix, &args.plugin, phase);
     let client = natsplug::nats::connect(std::slice::from_ref(&args.nats_url)).await?;
     let payload = protocol::encode_request(&request);
-    let reply = send(&client, &subject, phase, payload, timeout(args.timeout)?).await?;
+    let reply = remote::send(
+        &client,
+        &subject,
+        phase,
+        payload,
+        remote::timeout(args.timeout)?,
+    )
+    .await?;
     let decoded = protocol::decode_reply(&reply.payload)
         .with_context(|| format!("the reply on {subject} is not a valid phase reply"))?;
     match Format::from_flags(args.json, args.raw) {
@@ -63,44 +69,4 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     }
     reply::fail_on_error(&decoded)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `{prefix}.{plugin}.{phase}`.
-pub fn subject(prefix: &str, plugin: &str, phase: Phase) -> String {
-    format!("{prefix}.{plugin}.{phase}")
-}
-
-/// A `--timeout` in seconds as a duration.
-pub fn timeout(seconds: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow!("--timeout {seconds} is not a positive number of seconds"))
-}
-
-/// Send one request and wait for its reply; the errors say what to check.
-pub async fn send(
-    client: &async_nats::Client,
-    subject: &str,
-    phase: Phase,
-    payload: Vec<u8>,
-    timeout: Duration,
-) -> anyhow::Result<async_nats::Message> {
-    tokio::time::timeout(
-        timeout,
-        client.request(subject.to_string(), payload.into()),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "no reply on {subject} within {} s: the host may be overloaded or the plugin slow; raise --timeout",
-            timeout.as_secs_f64()
-        )
-    })?
-    .map_err(|error| match error.kind() {
-        async_nats::RequestErrorKind::NoResponders => anyhow!(
-            "no host serves {subject}: is `natsplug up` running on this NATS server with the plugin loaded, and does the plugin implement {phase}?"
-        ),
-        _ => anyhow!("request on {subject} failed: {error}"),
-    })
 }

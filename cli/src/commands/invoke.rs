@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
-use super::local;
-use super::reply::{self, Format};
-use super::request_file::{RequestArgs, parse_phase};
+use crate::local;
+use crate::reply::{self, Format};
+use crate::request::{RequestArgs, parse_phase};
 use natsplug::config::HostConfig;
 use natsplug::decode;
 use natsplug::dispatch::{self, CallSettings};

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 use wasmtime::component::Component;
 
-use super::local;
+use crate::local;
 use natsplug::bindings::{HANDLER_INTERFACE, WIT_VERSION};
 use natsplug::config::HostConfig;
 use natsplug::plugin::{self, LoadedPlugin};

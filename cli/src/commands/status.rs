@@ -10,7 +10,8 @@ use clap::Args;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::deploy::{BucketArgs, Inventory};
+use crate::bucket::{BucketArgs, Inventory, short};
+use crate::remote;
 use natsplug::bucket;
 
 pub const EXAMPLES: &str = "Examples:
@@ -134,12 +135,8 @@ impl PluginView {
     }
 }
 
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
-}
-
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let wait = super::call::timeout(args.wait)?;
+    let wait = remote::timeout(args.wait)?;
     let bucket_name = &args.target.bucket;
     let connected = args.target.connect().await?;
     let infos = collect_infos(&connected.client, &args.service, wait).await?;
