@@ -66,9 +66,14 @@ pub fn natsplug_binary() -> std::path::PathBuf {
                 .unwrap_or("debug")
                 .to_string();
             let mut command = cargo_command();
-            command
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet", "-p", "natsplug-cli", "--bin", "natsplug"]);
+            command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "--quiet",
+                "-p",
+                "natsplug-cli",
+                "--bin",
+                "natsplug",
+            ]);
             if profile != "debug" {
                 command.args([
                     "--profile",
