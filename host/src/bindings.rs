@@ -17,9 +17,10 @@ pub const HOST_INTERFACE: &str = "natsplug:plugin/host@0.1.0";
 /// The WIT package version this host implements.
 pub const WIT_VERSION: &str = "0.1.0";
 
-impl From<natsplug::plugin::types::Phase> for natsplug_protocol::Phase {
-    fn from(phase: natsplug::plugin::types::Phase) -> natsplug_protocol::Phase {
-        use natsplug::plugin::types::Phase as Wit;
+/// The protocol's phase for a phase of the WIT `phase` enum.
+impl From<self::natsplug::plugin::types::Phase> for natsplug_protocol::Phase {
+    fn from(phase: self::natsplug::plugin::types::Phase) -> natsplug_protocol::Phase {
+        use self::natsplug::plugin::types::Phase as Wit;
         use natsplug_protocol::Phase;
         match phase {
             Wit::RequestFilter => Phase::RequestFilter,
