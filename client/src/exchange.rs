@@ -1,0 +1,189 @@
+//! One HTTP exchange as the chain sees it, owned by the caller: the request
+//! and response as the plugins changed them, the body filters' carried
+//! state, and what a phase can end in.
+
+use std::time::Instant;
+
+use natsplug_protocol::{
+    HeaderList, HttpRequest, HttpResponse, PROTOCOL_VERSION, Phase, PhaseReply, PhaseRequest,
+};
+
+use crate::call::CallError;
+use crate::mutations::local_headers;
+
+/// The state of one HTTP exchange through a chain. Made by
+/// [`Chain::exchange`](crate::Chain::exchange); hand the same one to every
+/// phase of the exchange, in order.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The client's request, with the changes of the `request_filter`s
+    /// applied: what to send upstream.
+    pub request: HttpRequest,
+    /// The response: set by [`Chain::response_filter`](crate::Chain::response_filter)
+    /// (with its changes applied) or by a plugin's `end`; set it yourself
+    /// when the response phases are not run, for `logging`.
+    pub response: Option<HttpResponse>,
+    /// A W3C `traceparent` sent with every phase call of the exchange.
+    pub traceparent: Option<String>,
+    session_id: u64,
+    id: String,
+    calls: u64,
+    started: Instant,
+    /// Per plugin of the chain: the `state` of its last chunk reply.
+    body_states: Vec<Option<Vec<u8>>>,
+    body_finished: bool,
+}
+
+impl Exchange {
+    pub(crate) fn new(request: HttpRequest, session_id: u64, id: String, plugins: usize) -> Self {
+        Exchange {
+            request,
+            response: None,
+            traceparent: None,
+            session_id,
+            id,
+            calls: 0,
+            started: Instant::now(),
+            body_states: vec![None; plugins],
+            body_finished: false,
+        }
+    }
+
+    /// The `session_id` sent with every phase call of the exchange.
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// When the exchange began (for `logging`'s `duration_ms`).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether the response body is complete: its last chunk was filtered,
+    /// or a body filter ended it.
+    pub fn body_finished(&self) -> bool {
+        self.body_finished
+    }
+
+    /// A request for `phase` carrying the exchange as it is now, with a
+    /// fresh request id. The request body goes to `request_filter` only.
+    pub(crate) fn phase_request(&mut self, phase: Phase) -> PhaseRequest {
+        self.calls += 1;
+        let mut request = self.request.clone();
+        if phase != Phase::RequestFilter {
+            request.body = None;
+        }
+        let response = match phase {
+            Phase::RequestFilter => None,
+            Phase::ResponseFilter | Phase::Logging => self.response.clone(),
+            Phase::ResponseBodyFilter => self.response.as_ref().map(|r| HttpResponse {
+                body: None,
+                ..r.clone()
+            }),
+        };
+        PhaseRequest {
+            version: PROTOCOL_VERSION,
+            request_id: format!("{}-{}", self.id, self.calls),
+            session_id: Some(self.session_id),
+            phase: phase.as_str().to_string(),
+            request,
+            response,
+            chunk: None,
+            duration_ms: (phase == Phase::Logging)
+                .then(|| u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    pub(crate) fn take_body_state(&mut self, plugin: usize) -> Option<Vec<u8>> {
+        self.body_states.get_mut(plugin).and_then(Option::take)
+    }
+
+    pub(crate) fn keep_body_state(&mut self, plugin: usize, state: Option<Vec<u8>>) {
+        if let Some(slot) = self.body_states.get_mut(plugin) {
+            *slot = state;
+        }
+    }
+
+    pub(crate) fn finish_body(&mut self) {
+        self.body_finished = true;
+        self.body_states.iter_mut().for_each(|s| *s = None);
+    }
+}
+
+/// How a filter phase of the chain ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every plugin let the exchange through: go on (upstream, or to the
+    /// client) with the exchange's request or response as they are now.
+    Continue,
+    /// A plugin answered the client itself (`end`): send this response and
+    /// stop; later plugins were not called.
+    Respond(LocalResponse),
+}
+
+/// A response a plugin answered the client with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// The plugin that answered.
+    pub plugin: String,
+    /// The status.
+    pub status: u16,
+    /// The headers: the plugin's `response_headers` applied to none.
+    pub headers: HeaderList,
+    /// The body (empty when the plugin gave none).
+    pub body: Vec<u8>,
+}
+
+impl LocalResponse {
+    /// The local response of an `end` reply.
+    pub(crate) fn from_reply(plugin: &str, reply: PhaseReply) -> LocalResponse {
+        LocalResponse {
+            plugin: plugin.to_string(),
+            // `end` without a status is refused when the reply is read.
+            status: reply.status.unwrap_or(500),
+            headers: local_headers(reply.response_headers.as_ref()),
+            body: reply.body.unwrap_or_default(),
+        }
+    }
+
+    /// The same response as the protocol's HTTP response.
+    pub fn to_http_response(&self) -> HttpResponse {
+        HttpResponse {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: None,
+        }
+    }
+}
+
+/// A phase call that failed under failure mode `closed`: the exchange stops
+/// and the client gets [`PhaseFailure::status`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{phase} of plugin `{plugin}` failed: {error}")]
+pub struct PhaseFailure {
+    /// The plugin whose call failed.
+    pub plugin: String,
+    /// The phase.
+    pub phase: Phase,
+    /// Why.
+    #[source]
+    pub error: CallError,
+}
+
+impl PhaseFailure {
+    /// The status to answer the client with (see [`CallError::status`]).
+    pub fn status(&self) -> u16 {
+        self.error.status()
+    }
+}
+
+/// What a response body chunk became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyOutput {
+    /// The bytes to send the client in place of the chunk (may be empty:
+    /// a filter may hold bytes back for the next chunk).
+    pub data: Vec<u8>,
+    /// Whether the body ends here: the chunk was the last, or a filter
+    /// ended the body (`end`) and the rest of the upstream body is dropped.
+    pub end_of_stream: bool,
+}
