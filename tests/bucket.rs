@@ -80,19 +80,31 @@ fn start_host(server: &NatsServer, plugins: &Path, cache: &Path) -> UpProcess {
 
 fn start_host_with(server: &NatsServer, plugins: &Path, cache: &Path, extra: &[&str]) -> UpProcess {
     let url = server.url();
-    let mut args = vec![
+    let mut args = bucket_host_args(&url, plugins, cache);
+    args.extend_from_slice(extra);
+    UpProcess::start(&args)
+}
+
+/// The `up` flags of a host serving bucket `plugins` and the directory
+/// `plugins` on the server at `url`.
+fn bucket_host_args<'a>(url: &'a str, plugins: &'a Path, cache: &'a Path) -> Vec<&'a str> {
+    vec![
         "--nats",
-        url.as_str(),
+        url,
         "--bucket",
         "plugins",
         "--plugins",
         plugins.to_str().unwrap(),
         "--cache-dir",
         cache.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    UpProcess::start(&args)
+    ]
 }
+
+/// The login of user `host` of the servers these tests configure.
+const HOST_LOGIN: &[(&str, &str)] = &[
+    ("NATSPLUG_NATS_USER", "host"),
+    ("NATSPLUG_NATS_PASSWORD", "host-secret"),
+];
 
 /// Wait until every one of `hosts` hosts reports `value` for metadata
 /// `key` in `$SRV.INFO`; returns how long it took.
@@ -397,20 +409,8 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let host = UpProcess::start_with_env(
-        &[
-            "--nats",
-            &url,
-            "--bucket",
-            "plugins",
-            "--plugins",
-            plugins.path().to_str().unwrap(),
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-        &[
-            ("NATSPLUG_NATS_USER", "host"),
-            ("NATSPLUG_NATS_PASSWORD", "host-secret"),
-        ],
+        &bucket_host_args(&url, plugins.path(), cache.path()),
+        HOST_LOGIN,
     );
     assert_eq!(
         host.ready_lines[0],
@@ -488,20 +488,8 @@ async fn a_bucket_plugin_whose_subject_the_server_refuses_fails_up_naming_the_su
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut host = UpProcess::spawn(
-        &[
-            "--nats",
-            &url,
-            "--bucket",
-            "plugins",
-            "--plugins",
-            plugins.path().to_str().unwrap(),
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-        &[
-            ("NATSPLUG_NATS_USER", "host"),
-            ("NATSPLUG_NATS_PASSWORD", "host-secret"),
-        ],
+        &bucket_host_args(&url, plugins.path(), cache.path()),
+        HOST_LOGIN,
         std::process::Stdio::null(),
     );
     let status = host.wait_exit();

@@ -1,7 +1,7 @@
 //! Dispatch: one phase call, start to finish, on the thread that runs it.
 //! Decode the request ([`crate::decode`]), pick or make an instance under
-//! the instance policy, call the guest under its deadline ([`guest`]), check
-//! the decision ([`check`]) and encode the reply.
+//! the instance policy, call the guest under its deadline (`guest`), check
+//! the decision (`check`) and encode the reply.
 //!
 //! This is the whole request path minus NATS, so the host and local tools
 //! (`natsplug invoke`) give the same answer for the same bytes.

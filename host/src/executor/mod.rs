@@ -4,7 +4,7 @@
 //! takes jobs from the [`scheduler`], so a busy or stuck plugin cannot
 //! delay NATS I/O, and a plugin flooded with slow requests delays its
 //! neighbours by one call at most. Each worker keeps one warm instance per
-//! plugin ([`warm`]) and publishes the reply itself ([`worker`]).
+//! plugin (`warm`) and publishes the reply itself (`worker`).
 //!
 //! A request that arrives while the host has nothing else in flight, for a
 //! plugin whose last call was short (`runtime.inline_call_max_us`), runs on
@@ -122,7 +122,7 @@ impl Executor {
     }
 
     /// Run `job`: on the receiving thread when the host has nothing else
-    /// to do (see [`Executor::may_run_here`]), else queued for the workers.
+    /// to do (see `Executor::may_run_here`), else queued for the workers.
     pub fn run(self: &Arc<Self>, job: Job) {
         if !self.may_run_here(&job) {
             self.scheduler.submit(job);

@@ -1,7 +1,7 @@
 //! Plugins: a loaded plugin (a compiled, validated component ready to
 //! instantiate, with its resolved limits), its live instances
-//! ([`instance`]), and the loader that makes one from component bytes
-//! ([`loader`]).
+//! (`instance`), and the loader that makes one from component bytes
+//! (`loader`).
 
 mod instance;
 mod loader;

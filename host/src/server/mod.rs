@@ -2,8 +2,8 @@
 //! through [`crate::subscription`] → [`crate::decode`] →
 //! [`crate::admission`] → [`crate::executor`] → [`crate::dispatch`] →
 //! [`crate::reply`]; the host sets it up and keeps the state it shares:
-//! the served plugins ([`registry`]), the versions brought in from the
-//! directory and the bucket ([`sync`]), and the shutdown drain ([`drain`]).
+//! the served plugins (`registry`), the versions brought in from the
+//! directory and the bucket (`sync`), and the shutdown drain (`drain`).
 
 mod drain;
 mod registry;
