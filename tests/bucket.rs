@@ -100,6 +100,14 @@ fn bucket_host_args<'a>(url: &'a str, plugins: &'a Path, cache: &'a Path) -> Vec
     ]
 }
 
+/// A client logged in to the server at `url` as `user`.
+async fn connect_as(url: &str, user: &str, password: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(url)
+        .await
+        .unwrap()
+}
+
 /// The login of user `host` of the servers these tests configure.
 const HOST_LOGIN: &[(&str, &str)] = &[
     ("NATSPLUG_NATS_USER", "host"),
@@ -396,11 +404,7 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
 async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
     let server = NatsServer::start_with_config(natsplug_suite::nats_server::BUCKET_PERMISSIONS);
     let url = server.url();
-    let deploy =
-        async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())
-            .connect(&url)
-            .await
-            .unwrap();
+    let deploy = connect_as(&url, "deploy", "deploy-secret").await;
     let js = jetstream::new(deploy.clone());
     let store = natsplug::bucket::create(&js, "plugins", 1).await.unwrap();
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
@@ -435,11 +439,7 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
         Behaviour::Refuses
     );
     // The host's user cannot write to the bucket.
-    let host_user =
-        async_nats::ConnectOptions::with_user_and_password("host".into(), "host-secret".into())
-            .connect(&url)
-            .await
-            .unwrap();
+    let host_user = connect_as(&url, "host", "host-secret").await;
     let host_js = jetstream::new(host_user);
     let host_store = host_js.get_object_store("plugins").await.unwrap();
     let put = tokio::time::timeout(
@@ -474,11 +474,7 @@ authorization {
 async fn a_bucket_plugin_whose_subject_the_server_refuses_fails_up_naming_the_subject() {
     let server = NatsServer::start_with_config(EDGE_REFUSED);
     let url = server.url();
-    let deploy =
-        async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())
-            .connect(&url)
-            .await
-            .unwrap();
+    let deploy = connect_as(&url, "deploy", "deploy-secret").await;
     let store = natsplug::bucket::create(&jetstream::new(deploy), "plugins", 1)
         .await
         .unwrap();
