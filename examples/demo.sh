@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the example plugins and natsplug, starts a host on them (with a
-# local nats-server when none runs on 127.0.0.1:4222), and sends a few
-# sample requests through NATS. The host keeps running until Ctrl-C
-# (pass --once to stop after the samples).
+# local nats-server when none runs on 127.0.0.1:4222), sends a few sample
+# requests through NATS, then puts the plugins in front of a small echo
+# service with `natsplug gateway` and sends HTTP requests through it with
+# curl. Everything keeps running until Ctrl-C (pass --once to stop after
+# the samples). Ports: GATEWAY_PORT (8080) and UPSTREAM_PORT (9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +31,17 @@ public_paths = "/health"
 TOML
 
 natsplug=target/debug/natsplug
+gateway_port=${GATEWAY_PORT:-8080}
+upstream_port=${UPSTREAM_PORT:-9000}
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_all EXIT
 "$natsplug" up --config target/demo.toml &
 host=$!
-trap 'kill -TERM $host 2>/dev/null || true; wait $host 2>/dev/null || true' EXIT
+pids+=("$host")
 
 # Wait for the host to serve the header injector.
 for _ in $(seq 1 100); do
@@ -46,10 +56,28 @@ show authz request_filter --path /admin -H 'authorization: Bearer s3cret'
 show body-redactor response_body_filter --body 'my secret is safe'
 show access-logger logging --method GET --path /hello --status 200
 
+echo
+echo "==> the gateway: authz, header-injector and body-redactor in front of an echo service"
+python3 examples/echo-upstream.py "$upstream_port" &
+pids+=($!)
+RUST_LOG=warn "$natsplug" gateway --listen "127.0.0.1:$gateway_port" \
+    --upstream "http://127.0.0.1:$upstream_port" \
+    --plugins authz,header-injector,body-redactor,access-logger &
+pids+=($!)
+for _ in $(seq 1 100); do
+    # /health is public (authz) and answered by the echo service once both run.
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gateway_port/health")" = 200 ]; then break; fi
+    sleep 0.1
+done
+
+fetch() { echo; echo "$ curl $(printf '%q ' "$@")"; curl -sS "$@" || true; echo; }
+fetch -i "http://127.0.0.1:$gateway_port/admin"
+fetch "http://127.0.0.1:$gateway_port/admin" -H 'authorization: Bearer s3cret'
+
 if [ "${1:-}" = "--once" ]; then
     exit 0
 fi
 echo
 echo "The host serves target/demo-plugins; drop .wasm files there to add plugins."
-echo "Press Ctrl-C to stop."
-wait $host
+echo "The gateway listens on http://127.0.0.1:$gateway_port. Press Ctrl-C to stop."
+wait "$host"

@@ -9,7 +9,7 @@ use natsplug::HostConfig;
 use natsplug::logs::LogValue;
 use natsplug_client::{
     CallError, Chain, DiscoveryConfig, Exchange, FailureMode, HttpRequest, HttpResponse, Knowledge,
-    Phase, PhaseStats, PluginConfig, StatsSnapshot, Verdict,
+    LatencySnapshot, Phase, PhaseStats, PluginConfig, StatsSnapshot, Verdict,
 };
 use natsplug_suite::host::install_file;
 use natsplug_suite::{NatsServer, TestHost, guests};
@@ -70,11 +70,21 @@ fn pairs(headers: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The counters of `plugin` in `phase`, with every call's duration
+/// checked to be in the latency histogram exactly once (and then left out,
+/// so the counts compare exactly).
 fn stats(snapshot: &StatsSnapshot, plugin: &str, phase: Phase) -> PhaseStats {
-    snapshot
+    let mut stats = snapshot
         .get(plugin, phase)
         .unwrap_or_else(|| panic!("{plugin} is in the chain"))
-        .clone()
+        .clone();
+    assert_eq!(
+        stats.latency.count(),
+        stats.calls,
+        "{plugin} {phase}: one duration per call"
+    );
+    stats.latency = LatencySnapshot::default();
+    stats
 }
 
 fn calls(n: u64) -> PhaseStats {

@@ -25,6 +25,7 @@ pub const EXAMPLES: &str = "Examples:
   natsplug bench rate-limiter request_filter --duration 30s  # load test
   natsplug push rate_limiter.wasm --create                   # deploy to every host serving the bucket
   natsplug status                                            # which host serves which version
+  natsplug gateway --upstream http://127.0.0.1:9000 --plugins authz   # an HTTP proxy running the chain
 
 Every subcommand has its own --help with examples.";
 
@@ -71,11 +72,19 @@ enum Command {
     /// Which hosts serve which version of each plugin, against the bucket.
     #[command(after_help = status::EXAMPLES)]
     Status(status::StatusArgs),
+    /// Run an HTTP reverse proxy that runs plugin chains over NATS in front of a service.
+    #[command(after_help = natsplug_gateway::args::EXAMPLES)]
+    Gateway(natsplug_gateway::GatewayArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and exit code 1.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The gateway runs on Pingora's runtimes, not on this one.
+    if let Command::Gateway(args) = &cli.command {
+        init_tracing(natsplug_gateway::DEFAULT_LOG_FILTER);
+        return natsplug_gateway::main_with(args);
+    }
     // The host narrates its work; the tools print only their results (and
     // warnings) unless RUST_LOG asks for more.
     init_tracing(match cli.command {
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => rm::run(args).await,
             Command::Rollback(args) => rollback::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Gateway(_) => unreachable!("the gateway runs before the runtime starts"),
         }
     });
     match result {

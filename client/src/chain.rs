@@ -91,6 +91,9 @@ impl Chain {
     /// answers the client and stops the chain.
     pub async fn request_filter(&self, exchange: &mut Exchange) -> Result<Verdict, PhaseFailure> {
         for index in 0..self.inner.plugins.len() {
+            if self.inner.skips(index, Phase::RequestFilter) {
+                continue;
+            }
             let request = exchange.phase_request(Phase::RequestFilter);
             let traceparent = exchange.traceparent.as_deref();
             let step = self
@@ -119,6 +122,9 @@ impl Chain {
     ) -> Result<Verdict, PhaseFailure> {
         exchange.response = Some(response);
         for index in 0..self.inner.plugins.len() {
+            if self.inner.skips(index, Phase::ResponseFilter) {
+                continue;
+            }
             let request = exchange.phase_request(Phase::ResponseFilter);
             let traceparent = exchange.traceparent.as_deref();
             let step = self
@@ -161,6 +167,9 @@ impl Chain {
         }
         let mut data = data;
         for index in 0..self.inner.plugins.len() {
+            if self.inner.skips(index, Phase::ResponseBodyFilter) {
+                continue;
+            }
             let mut request = exchange.phase_request(Phase::ResponseBodyFilter);
             let state = exchange.take_body_state(index);
             request.chunk = Some(BodyChunk {
@@ -204,14 +213,10 @@ impl Chain {
     /// they were sent; an exchange finding no room is dropped and counted.
     pub fn logging(&self, exchange: &mut Exchange) -> bool {
         let mut calls = Vec::new();
-        for (index, plugin) in self.inner.plugins.iter().enumerate() {
-            if self.inner.directory.knowledge(&plugin.name, Phase::Logging)
-                == Knowledge::NotImplemented
-            {
-                plugin.counters.phase(Phase::Logging).skipped();
-                continue;
+        for index in 0..self.inner.plugins.len() {
+            if !self.inner.skips(index, Phase::Logging) {
+                calls.push((index, exchange.phase_request(Phase::Logging)));
             }
-            calls.push((index, exchange.phase_request(Phase::Logging)));
         }
         if calls.is_empty() {
             return true;
@@ -244,9 +249,22 @@ impl Chain {
 }
 
 impl Inner {
-    /// Plugin `index`'s part of a phase: skipped when it lacks the phase,
-    /// else called under its policy. `Ok(None)` goes on without it (skipped
-    /// or failed open); a failure under `closed` stops the chain.
+    /// Whether plugin `index` is known not to implement `phase`; a skip is
+    /// counted. Checked before the phase request is built, so a skipped
+    /// plugin costs no copy of the exchange.
+    fn skips(&self, index: usize, phase: Phase) -> bool {
+        let plugin = &self.plugins[index];
+        let skipped = self.directory.knowledge(&plugin.name, phase) == Knowledge::NotImplemented;
+        if skipped {
+            plugin.counters.phase(phase).skipped();
+        }
+        skipped
+    }
+
+    /// Plugin `index`'s part of a phase, called under its policy (the
+    /// caller has checked [`Inner::skips`]). `Ok(None)` goes on without it
+    /// (the phase turned out not implemented, or the call failed open); a
+    /// failure under `closed` stops the chain.
     async fn step(
         &self,
         index: usize,
@@ -254,11 +272,6 @@ impl Inner {
         request: &PhaseRequest,
         traceparent: Option<&str>,
     ) -> Result<Option<PhaseReply>, PhaseFailure> {
-        let plugin = &self.plugins[index];
-        if self.directory.knowledge(&plugin.name, phase) == Knowledge::NotImplemented {
-            plugin.counters.phase(phase).skipped();
-            return Ok(None);
-        }
         self.call(index, phase, request, traceparent)
             .await
             .transpose()

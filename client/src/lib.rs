@@ -26,6 +26,14 @@
 //! [`PhaseCaller`] is the single-call layer under the chain: one request,
 //! one typed outcome, every failure a [`CallError`].
 //!
+//! A chain takes any `async_nats::Client`. To connect with the options a
+//! host takes (its `[nats]` section: several servers, user/password, token,
+//! NKey, `.creds`, TLS and mTLS, reconnect backoff) and its explained
+//! connection errors, as `natsplug gateway` does, use
+//! `natsplug::nats::connect_with` from the host library. With the
+//! `prometheus` feature, `metrics::ChainCollector` exports a chain's
+//! counters.
+//!
 //! ```no_run
 //! use natsplug_client::{Chain, FailureMode, HttpRequest, HttpResponse, PluginConfig, Verdict};
 //!
@@ -61,6 +69,8 @@ mod builder;
 mod call;
 mod chain;
 mod exchange;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 mod mutations;
 mod phases;
 mod policy;
@@ -78,4 +88,4 @@ pub use policy::{
     ChainConfig, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, DiscoveryConfig, FailureMode, PhasePolicy,
     PluginConfig, PolicyOverrides,
 };
-pub use stats::{PhaseStats, PluginStats, StatsSnapshot};
+pub use stats::{LATENCY_BUCKETS_MICROS, LatencySnapshot, PhaseStats, PluginStats, StatsSnapshot};

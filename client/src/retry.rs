@@ -44,6 +44,13 @@ impl Call<'_> {
     /// the rest of that share is waited out, giving a host time to appear,
     /// unless the refresh found one.
     pub(crate) async fn run(&self, request: &PhaseRequest) -> Attempted {
+        let started = Instant::now();
+        let attempted = self.attempt(request).await;
+        self.counters.took(started.elapsed());
+        attempted
+    }
+
+    async fn attempt(&self, request: &PhaseRequest) -> Attempted {
         let phase = self.phase.as_str();
         self.counters.call();
         let deadline = Instant::now() + self.policy.timeout;

@@ -35,6 +35,21 @@ pub(crate) struct PhaseCounters {
     failed_open: AtomicU64,
     failed_closed: AtomicU64,
     skipped: AtomicU64,
+    latency: LatencyCounters,
+}
+
+/// Upper bounds of the latency buckets, in microseconds: from 100 µs (a
+/// phase call on one machine) to 1 s (far past any sensible budget).
+pub const LATENCY_BUCKETS_MICROS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A histogram of phase call durations, one counter per bucket.
+#[derive(Debug, Default)]
+struct LatencyCounters {
+    /// Calls per bucket of [`LATENCY_BUCKETS_MICROS`], the last for longer ones.
+    buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -62,6 +77,17 @@ impl PhaseCounters {
     }
     pub(crate) fn failed_closed(&self) {
         bump(&self.failed_closed);
+    }
+
+    /// Count the duration of one phase call, every attempt included.
+    pub(crate) fn took(&self, elapsed: std::time::Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(LATENCY_BUCKETS_MICROS.len());
+        bump(&self.latency.buckets[bucket]);
+        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Count one attempt's error under its kind.
@@ -104,6 +130,10 @@ impl PhaseCounters {
             failed_open: get(&self.failed_open),
             failed_closed: get(&self.failed_closed),
             skipped: get(&self.skipped),
+            latency: LatencySnapshot {
+                buckets: std::array::from_fn(|index| get(&self.latency.buckets[index])),
+                sum_micros: get(&self.latency.sum_micros),
+            },
         }
     }
 }
@@ -161,6 +191,25 @@ pub struct PhaseStats {
     /// Phase calls not made (or given up without error) because the
     /// plugin does not implement the phase.
     pub skipped: u64,
+    /// How long the phase calls took, every attempt included.
+    pub latency: LatencySnapshot,
+}
+
+/// Phase call durations: calls per bucket, and their sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Calls that took at most [`LATENCY_BUCKETS_MICROS`]`[i]` (and more
+    /// than the bound before); the last entry counts the longer ones.
+    pub buckets: [u64; LATENCY_BUCKETS_MICROS.len() + 1],
+    /// The calls' durations added up, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl LatencySnapshot {
+    /// Calls counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// One plugin's counters, per phase.

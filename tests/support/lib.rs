@@ -1,16 +1,21 @@
 //! Test support for the integration tests and benchmarks: the built guest
-//! components, a real `nats-server` per test, hosts started on it, and a
-//! small client for phase requests.
+//! components, a real `nats-server` per test, hosts started on it, a small
+//! client for phase requests, and for the gateway an HTTP upstream, the
+//! gateway process and an HTTP client.
 
 pub mod client;
+pub mod gateway;
 pub mod host;
 pub mod nats_server;
 pub mod up;
+pub mod upstream;
 
 pub use client::PhaseClient;
+pub use gateway::{GatewayProcess, HttpClient, HttpReply};
 pub use host::TestHost;
 pub use nats_server::{NatsCluster, NatsServer};
 pub use up::UpProcess;
+pub use upstream::Upstream;
 
 /// Paths of the guest components built by the build script.
 pub mod guests {

@@ -1,0 +1,204 @@
+//! Between Pingora's headers and the protocol's header lists: reading a
+//! message's fields as text for the plugins, and writing back only the
+//! fields the plugins changed, so the others keep their exact bytes.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use natsplug_protocol::HeaderList;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// The fields of `map`, in order, as text: a value that is not UTF-8 is
+/// shown to plugins with U+FFFD in place of the bad bytes (and forwarded
+/// unchanged unless a plugin changes that field).
+pub fn header_list(map: &HeaderMap) -> HeaderList {
+    map.iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A message head whose fields can be replaced.
+pub trait HeaderTarget {
+    fn remove(&mut self, name: &HeaderName);
+    fn append(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl HeaderTarget for RequestHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        // Both are valid already; appending them cannot fail.
+        let _ = self.append_header(name, value);
+    }
+}
+
+impl HeaderTarget for ResponseHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
+    }
+}
+
+/// Fields that could not be written, as `name: value` for the log.
+pub type Refused = Vec<String>;
+
+/// Make `target`'s fields what `after` says, where `before` is what
+/// `target` held as text: every field name whose values differ between the
+/// two lists is replaced by its values in `after` (or removed); the others
+/// are left as they are. Names and values HTTP does not allow are skipped
+/// and returned.
+pub fn apply_difference(
+    target: &mut impl HeaderTarget,
+    before: &HeaderList,
+    after: &HeaderList,
+) -> Refused {
+    let mut refused = Refused::new();
+    let mut names: Vec<String> = before
+        .iter()
+        .chain(after)
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let values = |list: &HeaderList| -> Vec<String> {
+            list.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let wanted = values(after);
+        if values(before) == wanted {
+            continue;
+        }
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            refused.push(name);
+            continue;
+        };
+        target.remove(&header);
+        for value in wanted {
+            match HeaderValue::from_str(&value) {
+                Ok(value) => target.append(header.clone(), value),
+                Err(_) => refused.push(format!("{name}: {value}")),
+            }
+        }
+    }
+    refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(pairs: &[(&str, &str)]) -> HeaderList {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_changed_fields_are_rewritten() {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        request.append_header("accept", "*/*").unwrap();
+        request
+            .append_header("x-raw", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .unwrap();
+        request.append_header("x-drop", "1").unwrap();
+        let before = header_list(&request.headers);
+        assert_eq!(before[1], ("x-raw".into(), "caf\u{fffd}".into()));
+        let mut after = before.clone();
+        after.retain(|(n, _)| n != "x-drop");
+        after.push(("X-Plugin".into(), "header-injector".into()));
+        after.push(("x-bad".into(), "a\nb".into()));
+        after.push(("bad name".into(), "v".into()));
+        let refused = apply_difference(&mut request, &before, &after);
+        assert_eq!(refused, ["bad name", "x-bad: a\nb"]);
+        assert_eq!(request.headers.get("x-raw").unwrap().as_bytes(), b"caf\xe9");
+        assert_eq!(request.headers.get("x-plugin").unwrap(), "header-injector");
+        assert!(request.headers.get("x-drop").is_none());
+        assert!(request.headers.get("x-bad").is_none());
+        assert_eq!(request.headers.len(), 3);
+    }
+
+    #[test]
+    fn repeated_fields_keep_their_order() {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        response.append_header("set-cookie", "a=1").unwrap();
+        let before = list(&[("set-cookie", "a=1")]);
+        let after = list(&[("set-cookie", "a=1"), ("set-cookie", "b=2")]);
+        apply_difference(&mut response, &before, &after);
+        let cookies: Vec<_> = response.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        /// Field lists over a few names (so lists share names) and values
+        /// that include ones HTTP refuses.
+        fn fields() -> impl Strategy<Value = HeaderList> {
+            let name = prop_oneof![
+                Just("accept".to_string()),
+                Just("X-Plugin".to_string()),
+                Just("x-plugin".to_string()),
+                Just("set-cookie".to_string()),
+                Just("bad name".to_string()),
+                "[a-z]{1,3}",
+            ];
+            let value = prop_oneof![
+                "[ -~]{0,8}",
+                Just("a\nb".to_string()),
+                Just("é".to_string())
+            ];
+            proptest::collection::vec((name, value), 0..8)
+        }
+
+        fn by_name(list: &HeaderList) -> BTreeMap<String, Vec<String>> {
+            let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (name, value) in list {
+                map.entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .push(value.clone());
+            }
+            map
+        }
+
+        fn valid(list: &HeaderList) -> HeaderList {
+            list.iter()
+                .filter(|(n, v)| {
+                    HeaderName::from_bytes(n.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
+                })
+                .cloned()
+                .collect()
+        }
+
+        proptest! {
+            /// Whatever the plugins did, the message ends up with exactly
+            /// their fields that HTTP allows, each name's values in order.
+            #[test]
+            fn the_message_holds_what_the_plugins_left(before in fields(), after in fields()) {
+                let before = valid(&before);
+                let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+                for (name, value) in &before {
+                    request.append_header(name.clone(), value.as_str()).unwrap();
+                }
+                let shown = header_list(&request.headers);
+                prop_assert_eq!(by_name(&shown), by_name(&before));
+                let refused = apply_difference(&mut request, &shown, &after);
+                let wanted = valid(&after);
+                prop_assert_eq!(by_name(&header_list(&request.headers)), by_name(&wanted));
+                let skipped = after.len() - wanted.len();
+                prop_assert!(refused.len() <= skipped);
+            }
+        }
+    }
+}
