@@ -6,12 +6,21 @@
 //! - (c) `injector`: through a gateway running the header-injector example
 //!   in `request_filter`;
 //! - (d) `chain`: through a gateway running header-injector, authz (wrk
-//!   sends the token it is configured with) and access-logger.
+//!   sends the token it is configured with) and access-logger;
+//! - (n) `nginx`: through nginx as a reverse proxy, no plugins, as a
+//!   reference for what a mature proxy reaches with the same upstream, the
+//!   same wrk settings and as many worker processes as the gateway has
+//!   proxy threads (upstream keepalive 64 over HTTP/1.1, no access log).
+//!   Skipped, with a line saying so, when there is no nginx.
 //!
 //! Every cell runs at concurrency 1 (`wrk -t1 -c1`) and 64 (`wrk -t2
 //! -c64`), after a short warm-up at the same concurrency; throughput, p50
 //! and p99 come from wrk's `--latency` output, and the CPU time per request
-//! of the upstream, gateway and host processes from `/proc`. The same run
+//! of the upstream, the proxy (the gateway, or nginx's master and workers)
+//! and the host processes from `/proc`. Around each measured gateway cell
+//! the benchmark reads the gateway's `/metrics`, so that it can print the
+//! gateway's own split at concurrency 1: the mean duration of each phase
+//! call against the mean duration of the exchange. The same run
 //! measures the raw NATS request/reply round trip at concurrency 1 (this
 //! process's async-nats client, requests sent by a task on the client's
 //! runtime, to a trivial responder process), so that the cost of a plugin
@@ -41,10 +50,13 @@
 //! | `GATEWAY_BENCH_UPSTREAM_THREADS` | 1 | the upstream's threads |
 //! | `WRK` | `wrk` | the wrk binary (`apt-get install wrk`) |
 //! | `NATS_SERVER` | `target/ci-tools/bin/nats-server`, else `nats-server` on PATH | the server binary |
+//! | `NGINX` | `/usr/sbin/nginx`, else `nginx` on PATH | the nginx binary of (n) (`apt-get install nginx-light`) |
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,30 +86,65 @@ const LEVELS: [(usize, usize); 2] = [(1, 1), (2, 64)];
 struct Scenario {
     key: &'static str,
     name: &'static str,
-    /// The gateway's `--plugins`; `None` for wrk straight to the upstream.
-    plugins: Option<&'static [&'static str]>,
+    via: Via,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+/// What stands between wrk and the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Nothing: wrk straight to the upstream.
+    Direct,
+    /// A gateway with these `--plugins`.
+    Gateway(&'static [&'static str]),
+    /// nginx as a reverse proxy.
+    Nginx,
+}
+
+impl Scenario {
+    /// The plugins the scenario runs, none but through a gateway.
+    fn plugins(&self) -> &'static [&'static str] {
+        match self.via {
+            Via::Gateway(plugins) => plugins,
+            Via::Direct | Via::Nginx => &[],
+        }
+    }
+
+    /// What the table says about the way through.
+    fn description(&self) -> String {
+        match self.via {
+            Via::Direct => "straight to the upstream".to_string(),
+            Via::Gateway([]) => "no plugins".to_string(),
+            Via::Gateway(plugins) => plugins.join(" + "),
+            Via::Nginx => "nginx as a reverse proxy, no plugins".to_string(),
+        }
+    }
+}
+
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         key: "a",
         name: "direct",
-        plugins: None,
+        via: Via::Direct,
     },
     Scenario {
         key: "b",
         name: "gateway",
-        plugins: Some(&[]),
+        via: Via::Gateway(&[]),
     },
     Scenario {
         key: "c",
         name: "injector",
-        plugins: Some(&["header-injector"]),
+        via: Via::Gateway(&["header-injector"]),
     },
     Scenario {
         key: "d",
         name: "chain",
-        plugins: Some(&["header-injector", "authz", "access-logger"]),
+        via: Via::Gateway(&["header-injector", "authz", "access-logger"]),
+    },
+    Scenario {
+        key: "n",
+        name: "nginx",
+        via: Via::Nginx,
     },
 ];
 
@@ -127,7 +174,8 @@ fn main() {
             unsafe { std::env::set_var("NATS_SERVER", ci_server) };
         }
     }
-    run(&settings, &wrk_version);
+    let nginx_version = nginx_version(&settings.nginx);
+    run(&settings, &wrk_version, nginx_version.as_deref());
 }
 
 /// What to run, from the environment.
@@ -139,6 +187,7 @@ struct Settings {
     gateway_threads: Option<usize>,
     upstream_threads: usize,
     wrk: PathBuf,
+    nginx: PathBuf,
 }
 
 impl Settings {
@@ -161,6 +210,17 @@ impl Settings {
                 .map(|_| number("GATEWAY_BENCH_GATEWAY_THREADS", 0)),
             upstream_threads: number("GATEWAY_BENCH_UPSTREAM_THREADS", 1),
             wrk: std::env::var_os("WRK").map_or_else(|| "wrk".into(), PathBuf::from),
+            nginx: std::env::var_os("NGINX").map_or_else(
+                || {
+                    let debian = Path::new("/usr/sbin/nginx");
+                    if debian.exists() {
+                        debian.into()
+                    } else {
+                        "nginx".into()
+                    }
+                },
+                PathBuf::from,
+            ),
         };
         assert!(
             settings.seconds >= 1,
@@ -199,6 +259,39 @@ fn wrk_version(wrk: &Path) -> String {
             std::process::exit(1);
         }
         Err(error) => panic!("running {} -v: {error}", wrk.display()),
+    }
+}
+
+/// nginx's version line, or `None`, after a line saying that the reference
+/// scenario is skipped, when there is no nginx.
+fn nginx_version(nginx: &Path) -> Option<String> {
+    match Command::new(nginx).arg("-v").stdin(Stdio::null()).output() {
+        Ok(output) if output.status.success() => {
+            let text = String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout);
+            let line = text.lines().next().unwrap_or("nginx").trim();
+            Some(line.trim_start_matches("nginx version: ").to_string())
+        }
+        Ok(output) => {
+            eprintln!(
+                "the reference (n) nginx is skipped: `{} -v` failed ({}); install nginx with `apt-get install -y nginx-light`, or set NGINX to its path",
+                nginx.display(),
+                output.status
+            );
+            None
+        }
+        Err(error) => {
+            let why = if error.kind() == std::io::ErrorKind::NotFound {
+                "not found".to_string()
+            } else {
+                error.to_string()
+            };
+            eprintln!(
+                "the reference (n) nginx is skipped: {} {why}; install it with `apt-get install -y nginx-light`, or set NGINX to its path",
+                nginx.display()
+            );
+            None
+        }
     }
 }
 
@@ -309,6 +402,22 @@ struct Process {
 }
 
 impl Process {
+    /// Spawn `command` with stdout discarded, without waiting for anything.
+    fn spawn(name: &str, mut command: Command) -> Process {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("the log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
     /// Spawn `command` and wait (at most a minute) for its first stdout
     /// line, which must start with `ready`.
     fn start(name: &str, mut command: Command, ready: &str) -> (Process, String) {
@@ -381,6 +490,164 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// nginx as a reverse proxy to the upstream, run from a configuration in
+/// its own temporary directory; stopped (SIGTERM, then SIGKILL to its
+/// process group) when dropped.
+struct Nginx {
+    master: Process,
+    address: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Start `binary` with `workers` worker processes on a free port, in
+    /// the foreground (`daemon off`) as a child of this process, and wait
+    /// (at most 30 s) until it accepts connections with every worker up.
+    fn start(binary: &Path, upstream: SocketAddr, workers: usize) -> Nginx {
+        let dir = tempfile::tempdir().expect("a directory for nginx");
+        // Workers started by root run as another user and must reach the
+        // temporary paths nginx creates here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("opening nginx's directory");
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let config = format!(
+            "daemon off;
+master_process on;
+worker_processes {workers};
+pid {pid};
+error_log {error_log} warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {body};
+    proxy_temp_path {proxy};
+    fastcgi_temp_path {fastcgi};
+    uwsgi_temp_path {uwsgi};
+    scgi_temp_path {scgi};
+
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 64;
+    }}
+
+    server {{
+        listen {address};
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+",
+            pid = path("nginx.pid"),
+            error_log = path("error.log"),
+            body = path("client_body"),
+            proxy = path("proxy"),
+            fastcgi = path("fastcgi"),
+            uwsgi = path("uwsgi"),
+            scgi = path("scgi"),
+        );
+        let config_path = dir.path().join("nginx.conf");
+        std::fs::write(&config_path, config).expect("writing nginx.conf");
+        let mut command = Command::new(binary);
+        command
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&config_path)
+            // Its own process group, so that the workers can be stopped
+            // with the master however it ends.
+            .process_group(0);
+        let mut nginx = Nginx {
+            master: Process::spawn("nginx", command),
+            address,
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = nginx.master.child.try_wait() {
+                panic!(
+                    "nginx exited at start ({status}); its stderr:\n{}\nits error log:\n{}",
+                    nginx.master.log(),
+                    nginx.error_log()
+                );
+            }
+            let accepts =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok();
+            if accepts && children_of(nginx.master.pid()).len() >= workers {
+                return nginx;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nginx did not accept connections on {address} with {workers} workers within 30 s; its stderr:\n{}\nits error log:\n{}",
+                nginx.master.log(),
+                nginx.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.master.pid();
+        std::iter::once(master).chain(children_of(master)).collect()
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM (nginx's fast shutdown) and wait up to `patience`; SIGKILL
+    /// to the whole process group when that is not enough.
+    fn stop(&mut self, patience: Duration) -> Option<(ExitStatus, Duration)> {
+        if let Ok(Some(status)) = self.master.child.try_wait() {
+            return Some((status, Duration::ZERO));
+        }
+        let outcome = self.master.terminate(patience);
+        if outcome.is_none() {
+            // SAFETY: kill has no memory-safety preconditions; the group is
+            // the one this process started nginx in, led by its own child.
+            unsafe { libc::kill(-(self.master.pid() as libc::pid_t), libc::SIGKILL) };
+        }
+        outcome
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // After the command name in parentheses: the state, then the
+            // parent's pid.
+            let parent: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
 }
 
 /// CPU time, user plus system, process `pid` has used so far.
@@ -562,9 +829,7 @@ fn check(targets: &[Target]) -> Vec<u64> {
                 (200, BODY),
                 "{what}: GET / answered"
             );
-            let injects = scenario
-                .plugins
-                .is_some_and(|p| p.contains(&"header-injector"));
+            let injects = scenario.plugins().contains(&"header-injector");
             let (status, body) = http_get(target.address, "/check", &with_token);
             let expected = if injects {
                 "x-plugin=header-injector"
@@ -577,7 +842,7 @@ fn check(targets: &[Target]) -> Vec<u64> {
                 "{what}: GET /check answered"
             );
             let mut sent = 2;
-            if scenario.plugins.is_some_and(|p| p.contains(&"authz")) {
+            if scenario.plugins().contains(&"authz") {
                 let (status, body) = http_get(target.address, "/", &[]);
                 assert_eq!(status, 401, "{what}: GET / without a token answered {body}");
                 sent += 1;
@@ -737,8 +1002,143 @@ fn phase_request() -> bytes::Bytes {
 struct Target {
     scenario: &'static Scenario,
     address: SocketAddr,
-    /// The gateway and its metrics listener (none for (a)).
+    /// The gateway and its metrics listener (for (b), (c) and (d)).
     gateway: Option<(Process, SocketAddr)>,
+    /// nginx (for (n)).
+    nginx: Option<Nginx>,
+}
+
+impl Target {
+    /// The processes of the proxy between wrk and the upstream, if any.
+    fn proxy_pids(&self) -> Vec<u32> {
+        match (&self.gateway, &self.nginx) {
+            (Some((gateway, _)), _) => vec![gateway.pid()],
+            (None, Some(nginx)) => nginx.pids(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// A gateway's own account of one measured cell, from its `/metrics`
+/// before and after: sums and counts of its duration histograms.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Split {
+    /// `natsplug_gateway_request_duration_seconds`: exchanges counted.
+    exchanges: f64,
+    exchange_seconds: f64,
+    exchange_mean_us: f64,
+    /// `natsplug_gateway_phase_duration_seconds`, per plugin and phase.
+    phases: Vec<PhaseTime>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct PhaseTime {
+    plugin: String,
+    phase: String,
+    calls: f64,
+    seconds: f64,
+    mean_us: f64,
+}
+
+/// The sums and counts of a gateway's duration histograms, so far.
+fn split_snapshot(text: &str, plugins: &[&str]) -> Split {
+    let route = [("route", "default")];
+    let mut split = Split {
+        exchanges: metric_sum(
+            text,
+            "natsplug_gateway_request_duration_seconds_count",
+            &route,
+        ),
+        exchange_seconds: metric_sum(
+            text,
+            "natsplug_gateway_request_duration_seconds_sum",
+            &route,
+        ),
+        exchange_mean_us: 0.0,
+        phases: plugins
+            .iter()
+            .map(|plugin| {
+                let phase = phase_of(plugin);
+                let labels = [("route", "default"), ("plugin", plugin), ("phase", phase)];
+                PhaseTime {
+                    plugin: plugin.to_string(),
+                    phase: phase.to_string(),
+                    calls: metric_sum(
+                        text,
+                        "natsplug_gateway_phase_duration_seconds_count",
+                        &labels,
+                    ),
+                    seconds: metric_sum(
+                        text,
+                        "natsplug_gateway_phase_duration_seconds_sum",
+                        &labels,
+                    ),
+                    mean_us: 0.0,
+                }
+            })
+            .collect(),
+    };
+    split.set_means();
+    split
+}
+
+impl Split {
+    fn set_means(&mut self) {
+        let mean = |seconds: f64, count: f64| {
+            if count > 0.0 {
+                seconds / count * 1e6
+            } else {
+                0.0
+            }
+        };
+        self.exchange_mean_us = mean(self.exchange_seconds, self.exchanges);
+        for phase in &mut self.phases {
+            phase.mean_us = mean(phase.seconds, phase.calls);
+        }
+    }
+
+    /// What happened between snapshot `before` and this one.
+    fn since(&self, before: &Split) -> Split {
+        let mut split = Split {
+            exchanges: self.exchanges - before.exchanges,
+            exchange_seconds: self.exchange_seconds - before.exchange_seconds,
+            exchange_mean_us: 0.0,
+            phases: self
+                .phases
+                .iter()
+                .zip(&before.phases)
+                .map(|(after, before)| PhaseTime {
+                    calls: after.calls - before.calls,
+                    seconds: after.seconds - before.seconds,
+                    ..after.clone()
+                })
+                .collect(),
+        };
+        split.set_means();
+        split
+    }
+
+    /// The sum of several cells' splits.
+    fn total<'a>(splits: impl Iterator<Item = &'a Split>) -> Option<Split> {
+        let mut total: Option<Split> = None;
+        for split in splits {
+            match &mut total {
+                None => total = Some(split.clone()),
+                Some(total) => {
+                    total.exchanges += split.exchanges;
+                    total.exchange_seconds += split.exchange_seconds;
+                    for (sum, phase) in total.phases.iter_mut().zip(&split.phases) {
+                        sum.calls += phase.calls;
+                        sum.seconds += phase.seconds;
+                    }
+                }
+            }
+        }
+        if let Some(total) = &mut total {
+            total.set_means();
+        }
+        total
+    }
 }
 
 /// One cell of one round.
@@ -757,8 +1157,11 @@ struct Cell {
     /// Connections the upstream accepted during the measurement.
     upstream_connections: u64,
     upstream_cpu_us_per_request: f64,
-    gateway_cpu_us_per_request: Option<f64>,
+    /// The gateway's, or nginx's master and workers'.
+    proxy_cpu_us_per_request: Option<f64>,
     host_cpu_us_per_request: Option<f64>,
+    /// The gateway's own split of the measured seconds.
+    gateway_split: Option<Split>,
 }
 
 fn start_gateway(
@@ -793,10 +1196,11 @@ fn start_gateway(
         scenario,
         address: listen,
         gateway: Some((process, metrics_listen)),
+        nginx: None,
     }
 }
 
-fn run(settings: &Settings, wrk_version: &str) {
+fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
     let server = NatsServer::start();
     let url = server.url();
 
@@ -842,15 +1246,36 @@ fn run(settings: &Settings, wrk_version: &str) {
     command.env(ROLE, "nats-echo").env(ROLE_NATS_URL, &url);
     let (echo, _) = Process::start("the NATS echo responder", command, "ready");
 
+    // nginx's workers, as many as the gateway's proxy threads.
+    let proxy_threads = settings.gateway_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let mut targets: Vec<Target> = SCENARIOS
         .iter()
-        .map(|scenario| match scenario.plugins {
-            None => Target {
+        .filter_map(|scenario| match scenario.via {
+            Via::Direct => Some(Target {
                 scenario,
                 address: upstream_address,
                 gateway: None,
-            },
-            Some(plugins) => start_gateway(&url, upstream_address, scenario, plugins, settings),
+                nginx: None,
+            }),
+            Via::Gateway(plugins) => Some(start_gateway(
+                &url,
+                upstream_address,
+                scenario,
+                plugins,
+                settings,
+            )),
+            Via::Nginx => {
+                nginx_version?;
+                let nginx = Nginx::start(&settings.nginx, upstream_address, proxy_threads);
+                Some(Target {
+                    scenario,
+                    address: nginx.address,
+                    gateway: None,
+                    nginx: Some(nginx),
+                })
+            }
         })
         .collect();
     let mut sent = check(&targets);
@@ -902,21 +1327,38 @@ fn run(settings: &Settings, wrk_version: &str) {
                     );
                     sent[which] += warm.requests;
                 }
-                let gateway_pid = target.gateway.as_ref().map(|(p, _)| p.pid());
+                // The upstream, the proxy and, behind a gateway, the host.
                 let pids = [
-                    Some(upstream.pid()),
-                    gateway_pid,
-                    gateway_pid.map(|_| host.pid()),
+                    vec![upstream.pid()],
+                    target.proxy_pids(),
+                    target
+                        .gateway
+                        .as_ref()
+                        .map_or_else(Vec::new, |_| vec![host.pid()]),
                 ];
+                let cpu = || {
+                    pids.clone().map(|pids| {
+                        (!pids.is_empty()).then(|| pids.into_iter().map(cpu_time).sum::<Duration>())
+                    })
+                };
+                let plugins = target.scenario.plugins();
+                let split = || {
+                    let (_, metrics_address) = target.gateway.as_ref()?;
+                    Some(split_snapshot(&metrics(*metrics_address)?, plugins))
+                };
                 let accepted_before = upstream_accepted(upstream_address);
-                let before = pids.map(|pid| pid.map(cpu_time));
+                let split_before = split();
+                let before = cpu();
                 let report = wrk(
                     &settings.wrk,
                     &url,
                     (threads, connections),
                     settings.seconds,
                 );
-                let after = pids.map(|pid| pid.map(cpu_time));
+                let after = cpu();
+                let gateway_split = split()
+                    .zip(split_before)
+                    .map(|(after, before)| after.since(&before));
                 // Less the connection that asks.
                 let upstream_connections =
                     upstream_accepted(upstream_address).saturating_sub(accepted_before + 1);
@@ -944,8 +1386,9 @@ fn run(settings: &Settings, wrk_version: &str) {
                     socket_errors: report.socket_errors,
                     upstream_connections,
                     upstream_cpu_us_per_request: per_request(0).unwrap_or(0.0),
-                    gateway_cpu_us_per_request: per_request(1),
+                    proxy_cpu_us_per_request: per_request(1),
                     host_cpu_us_per_request: per_request(2),
+                    gateway_split,
                 };
                 eprintln!(
                     "round {round}: {what} c={connections}: {:.0} req/s, p50 {:.1} µs, p99 {:.1} µs",
@@ -959,9 +1402,9 @@ fn run(settings: &Settings, wrk_version: &str) {
     let summary: Vec<Cell> = LEVELS
         .iter()
         .flat_map(|&(_, connections)| {
-            SCENARIOS
+            targets
                 .iter()
-                .map(move |scenario| (scenario.key, connections))
+                .map(move |target| (target.scenario.key, connections))
         })
         .map(|(key, connections)| {
             let rounds: Vec<&Cell> = cells
@@ -998,8 +1441,7 @@ fn run(settings: &Settings, wrk_version: &str) {
                 ),
                 phase_calls: target
                     .scenario
-                    .plugins
-                    .unwrap_or_default()
+                    .plugins()
                     .iter()
                     .map(|plugin| {
                         let phase = phase_of(plugin);
@@ -1035,6 +1477,20 @@ fn run(settings: &Settings, wrk_version: &str) {
             }))
         })
         .collect();
+    let reference = targets.iter_mut().find_map(|target| {
+        let nginx = target.nginx.as_mut()?;
+        let outcome = nginx.stop(Duration::from_secs(10));
+        Some(Reference {
+            version: nginx_version.unwrap_or("nginx").to_string(),
+            workers: proxy_threads,
+            stop: serde_json::json!({
+                "exit_code": outcome.and_then(|(status, _)| status.code()),
+                "exit": outcome.map(|(status, _)| status.to_string()),
+                "stopped_ms": outcome.map(|(_, took)| took.as_secs_f64() * 1000.0),
+            }),
+            error_log: nginx.error_log(),
+        })
+    });
 
     report(
         settings,
@@ -1046,12 +1502,21 @@ fn run(settings: &Settings, wrk_version: &str) {
         &counted,
         &stops,
         &targets,
+        reference.as_ref(),
     );
     drop(targets);
     drop(echo);
     drop(upstream);
     drop(host);
     drop(server);
+}
+
+/// The run of nginx for (n).
+struct Reference {
+    version: String,
+    workers: usize,
+    stop: serde_json::Value,
+    error_log: String,
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -1064,8 +1529,7 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 fn median_of(rounds: &[&Cell]) -> Cell {
     let of = |figure: fn(&Cell) -> f64| median(rounds.iter().map(|c| figure(c)));
     let of_some = |figure: fn(&Cell) -> Option<f64>| {
-        rounds[0]
-            .gateway_cpu_us_per_request
+        figure(rounds[0])
             .is_some()
             .then(|| median(rounds.iter().filter_map(|c| figure(c))))
     };
@@ -1092,10 +1556,19 @@ fn median_of(rounds: &[&Cell]) -> Cell {
         socket_errors: rounds.iter().map(|c| c.socket_errors).sum(),
         upstream_connections: rounds.iter().map(|c| c.upstream_connections).sum(),
         upstream_cpu_us_per_request: of(|c| c.upstream_cpu_us_per_request),
-        gateway_cpu_us_per_request: of_some(|c| c.gateway_cpu_us_per_request),
+        proxy_cpu_us_per_request: of_some(|c| c.proxy_cpu_us_per_request),
         host_cpu_us_per_request: of_some(|c| c.host_cpu_us_per_request),
+        // Over every round: sums and counts add up.
+        gateway_split: Split::total(rounds.iter().filter_map(|c| c.gateway_split.as_ref())),
         ..rounds[0].clone()
     }
+}
+
+fn scenario_of(key: &str) -> &'static Scenario {
+    SCENARIOS
+        .iter()
+        .find(|s| s.key == key)
+        .expect("a known scenario")
 }
 
 fn find_cell<'a>(summary: &'a [Cell], key: &str, concurrency: usize) -> &'a Cell {
@@ -1116,25 +1589,16 @@ fn report(
     counted: &[Counted],
     stops: &[serde_json::Value],
     targets: &[Target],
+    reference: Option<&Reference>,
 ) {
     let optional = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
     println!();
     println!(
-        "| scenario | concurrency | req/s | p50 µs | p99 µs | upstream CPU µs/req | gateway CPU µs/req | host CPU µs/req | new upstream connections | socket errors |"
+        "| scenario | concurrency | req/s | p50 µs | p99 µs | upstream CPU µs/req | proxy CPU µs/req (gateway or nginx) | host CPU µs/req | new upstream connections | socket errors |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for c in summary {
-        let plugins = SCENARIOS
-            .iter()
-            .find(|s| s.key == c.scenario)
-            .and_then(|s| s.plugins)
-            .map_or("straight to the upstream".to_string(), |p| {
-                if p.is_empty() {
-                    "no plugins".to_string()
-                } else {
-                    p.join(" + ")
-                }
-            });
+        let plugins = scenario_of(c.scenario).description();
         println!(
             "| ({}) {}: {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
             c.scenario,
@@ -1145,7 +1609,7 @@ fn report(
             c.p50_us,
             c.p99_us,
             c.upstream_cpu_us_per_request,
-            optional(c.gateway_cpu_us_per_request),
+            optional(c.proxy_cpu_us_per_request),
             optional(c.host_cpu_us_per_request),
             c.upstream_connections,
             c.socket_errors
@@ -1153,7 +1617,7 @@ fn report(
     }
     println!();
     println!(
-        "raw NATS request/reply round trip, concurrency 1 ({} requests): p50 {:.1} µs, p99 {:.1} µs",
+        "raw NATS request/reply round trip, concurrency 1 ({} requests, a task on the client's runtime): p50 {:.1} µs, p99 {:.1} µs",
         round_trip.requests, round_trip.p50_us, round_trip.p99_us
     );
     println!(
@@ -1177,6 +1641,70 @@ fn report(
         "goal: (b) ≥ 0.8 × (a) req/s at concurrency 64: (b)/(a) = {ratio:.2}: {}",
         verdict(ratio_met)
     );
+    let nginx_cell = reference.map(|_| find_cell(summary, "n", 64));
+    let reference_ratios = nginx_cell.map(|n| {
+        (
+            find_cell(summary, "b", 64).requests_per_second / n.requests_per_second,
+            n.requests_per_second / find_cell(summary, "a", 64).requests_per_second,
+        )
+    });
+    match (reference, reference_ratios) {
+        (Some(reference), Some((b_over_n, n_over_a))) => println!(
+            "reference: (b)/(n) = {b_over_n:.2} at c=64, (n)/(a) = {n_over_a:.2} ({}, {} worker processes)",
+            reference.version, reference.workers
+        ),
+        _ => println!(
+            "reference: (n) nginx skipped, no nginx at {} (install it with `apt-get install -y nginx-light`, or set NGINX to its path)",
+            settings.nginx.display()
+        ),
+    }
+
+    let splits: Vec<&Cell> = summary
+        .iter()
+        .filter(|c| c.concurrency == 1 && c.gateway_split.is_some())
+        .collect();
+    if !splits.is_empty() {
+        println!();
+        println!(
+            "the gateway's own split at concurrency 1, from its /metrics over the measured seconds (means: sum/count):"
+        );
+    }
+    for cell in splits {
+        let Some(split) = &cell.gateway_split else {
+            continue;
+        };
+        let mut line = format!(
+            "({}) {}: exchange (natsplug_gateway_request_duration_seconds) mean {:.1} µs over {}",
+            cell.scenario, cell.name, split.exchange_mean_us, split.exchanges
+        );
+        let filters: Vec<&PhaseTime> = split
+            .phases
+            .iter()
+            .filter(|p| p.phase == "request_filter")
+            .collect();
+        for phase in &filters {
+            line.push_str(&format!(
+                "; request_filter {} (natsplug_gateway_phase_duration_seconds) mean {:.1} µs over {}",
+                phase.plugin, phase.mean_us, phase.calls
+            ));
+        }
+        if !filters.is_empty() {
+            let total: f64 = filters.iter().map(|p| p.mean_us).sum();
+            line.push_str(&format!(
+                "; request_filter total {total:.1} µs = {:.0}% of the exchange, the rest {:.1} µs",
+                total / split.exchange_mean_us * 100.0,
+                split.exchange_mean_us - total
+            ));
+        }
+        for phase in split.phases.iter().filter(|p| p.phase != "request_filter") {
+            line.push_str(&format!(
+                "; {} {} mean {:.1} µs over {} (sent after the exchange is counted)",
+                phase.phase, phase.plugin, phase.mean_us, phase.calls
+            ));
+        }
+        line.push_str(&format!("; wrk p50 {:.1} µs", cell.p50_us));
+        println!("{line}");
+    }
 
     println!();
     for count in counted {
@@ -1234,6 +1762,25 @@ fn report(
             }
         }
     }
+    if let Some(reference) = reference {
+        let fine = reference.stop["exit_code"] == 0;
+        println!(
+            "nginx after SIGTERM: {}{}",
+            reference.stop["exit"]
+                .as_str()
+                .unwrap_or("still running after 10 s, killed"),
+            if fine { "" } else { " — expected exit 0" }
+        );
+        if !reference.error_log.trim().is_empty() {
+            let lines: Vec<&str> = reference.error_log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(5)..];
+            println!(
+                "nginx logged {} line(s) at warn or above, the last:\n  {}",
+                lines.len(),
+                tail.join("\n  ")
+            );
+        }
+    }
 
     let json = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
@@ -1264,6 +1811,14 @@ fn report(
                 "met": ratio_met,
             },
         },
+        "reference": reference.map(|reference| serde_json::json!({
+            "scenario": "n",
+            "nginx": reference.version,
+            "worker_processes": reference.workers,
+            "ratio_b_over_n_at_64": reference_ratios.map(|(b_over_n, _)| b_over_n),
+            "ratio_n_over_a_at_64": reference_ratios.map(|(_, n_over_a)| n_over_a),
+            "shutdown": reference.stop,
+        })),
         "gateway_metrics": counted,
         "gateway_shutdown": stops,
     });

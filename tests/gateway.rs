@@ -1760,3 +1760,53 @@ async fn request_bodies_stream_to_the_upstream_untouched() {
     assert_eq!(echo["body_len"], 3 << 20);
     assert_eq!(seen(&echo, "x-plugin"), ["header-injector"]);
 }
+
+/// The gateway takes the host's `[nats]` section: the same login works for
+/// both, and a wrong one stops the gateway at start with the reason.
+#[tokio::test]
+async fn the_gateway_logs_in_to_nats_with_the_hosts_nats_section() {
+    let server = NatsServer::start_with_config(
+        "authorization {\n  users = [ { user: edge, password: \"3dge-secret\" } ]\n}\n",
+    );
+    let port = server.port();
+    let plugins = plugins(&[("header-injector", guests::HEADER_INJECTOR)]);
+    let (dir, host_config, cache) = (
+        path_arg(plugins.dir.path()),
+        path_arg(plugins.config.path()),
+        path_arg(&shared_cache_dir()),
+    );
+    let logged_in = format!("nats://edge:3dge-secret@127.0.0.1:{port}");
+    let _host = UpProcess::start(&[
+        "--nats",
+        &logged_in,
+        "--plugins",
+        &dir,
+        "--config",
+        &host_config,
+        "--cache-dir",
+        &cache,
+    ]);
+    let upstream = Upstream::start();
+    let section = |password: &str| {
+        format!(
+            "[nats]\nurls = [\"nats://127.0.0.1:{port}\"]\nuser = \"edge\"\npassword = \"{password}\"\n\n[[routes]]\nupstream = \"{}\"\nplugins = [\"header-injector\"]\n",
+            upstream.url()
+        )
+    };
+
+    let gateway = GatewayProcess::start_with_config(&section("3dge-secret"), &[]);
+    let reply = get(gateway.address, "/echo/login", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(seen(&reply.json(), "x-plugin"), ["header-injector"]);
+
+    let mut wrong = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    wrong.write_all(section("wrong").as_bytes()).unwrap();
+    let listen = format!("127.0.0.1:{}", natsplug_suite::nats_server::free_port());
+    let (code, stderr) = run_gateway(&["--config", &path_arg(wrong.path()), "--listen", &listen]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_error_line(&stderr);
+    assert!(
+        stderr.contains("refused the login (authorization violation) for user `edge` with the password of nats.password"),
+        "{stderr}"
+    );
+}

@@ -17,7 +17,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::metrics::GatewayMetrics;
+use crate::server::Started;
 
 /// The number of exchanges in flight.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +51,7 @@ impl Drop for InFlightGuard {
 /// process).
 pub struct Signals {
     pub grace_period: Duration,
-    pub metrics: Arc<GatewayMetrics>,
+    pub started: Started,
 }
 
 #[async_trait]
@@ -69,7 +69,9 @@ impl ShutdownSignalWatch for Signals {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = interrupt.recv() => ShutdownSignal::FastShutdown,
             _ = terminate.recv() => {
-                self.metrics.set_ready(false);
+                if let Some(running) = self.started.get() {
+                    running.metrics.set_ready(false);
+                }
                 tracing::info!(
                     grace_period_ms = self.grace_period.as_millis() as u64,
                     "SIGTERM: not ready any more; closing the listener after the grace period"
@@ -86,7 +88,7 @@ impl ShutdownSignalWatch for Signals {
 pub struct Drain {
     pub in_flight: InFlight,
     pub timeout: Duration,
-    pub client: async_nats::Client,
+    pub started: Started,
 }
 
 #[async_trait]
@@ -115,7 +117,9 @@ impl BackgroundService for Drain {
                 "shutdown_timeout_ms passed with exchanges still in flight; they are cut"
             );
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+        if let Some(running) = self.started.get() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), running.client.flush()).await;
+        }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "natsplug gateway stopped"

@@ -28,27 +28,24 @@ use crate::failure::{self, Failure};
 use crate::forwarding::{self, Client};
 use crate::headers::{apply_difference, header_list};
 use crate::metrics::GatewayMetrics;
-use crate::routes::{Route, RouteTable};
+use crate::routes::Route;
+use crate::server::Started;
 
 /// The gateway's proxy logic, shared by every connection.
 pub struct Gateway {
-    routes: Arc<RouteTable>,
-    metrics: Arc<GatewayMetrics>,
+    started: Started,
     in_flight: InFlight,
 }
 
 impl Gateway {
-    /// A proxy over `routes`, counting into `metrics` and `in_flight`.
-    pub fn new(
-        routes: Arc<RouteTable>,
-        metrics: Arc<GatewayMetrics>,
-        in_flight: InFlight,
-    ) -> Gateway {
-        Gateway {
-            routes,
-            metrics,
-            in_flight,
-        }
+    /// A proxy over what start-up puts in `started`, counting the
+    /// exchanges in flight into `in_flight`.
+    pub fn new(started: Started, in_flight: InFlight) -> Gateway {
+        Gateway { started, in_flight }
+    }
+
+    fn metrics(&self) -> Option<&GatewayMetrics> {
+        self.started.get().map(|running| running.metrics.as_ref())
     }
 }
 
@@ -202,7 +199,14 @@ impl ProxyHttp for Gateway {
             .uri
             .path_and_query()
             .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
-        let Some(route) = self.routes.find(host.as_deref(), &path).cloned() else {
+        let Some(running) = self.started.get() else {
+            // The listener opens only once start-up is done.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "the gateway is starting",
+            ));
+        };
+        let Some(route) = running.routes.find(host.as_deref(), &path).cloned() else {
             let failure = Failure::no_route(host.as_deref(), &path);
             ctx.status = Some(failure.status);
             failure::respond(session, &failure).await;
@@ -449,7 +453,9 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         let route = ctx.route_name().to_string();
-        self.metrics.exchange(&route, status, elapsed);
+        if let Some(metrics) = self.metrics() {
+            metrics.exchange(&route, status, elapsed);
+        }
         tracing::debug!(
             target: "natsplug_gateway::access",
             route = %route,
@@ -491,8 +497,8 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let route = ctx.route.clone();
         let failure = Failure::proxy(error, route.as_deref().map(|r| &r.upstream.upstream));
-        if let Some(kind) = failure.upstream_kind {
-            self.metrics.upstream_failure(ctx.route_name(), kind);
+        if let (Some(kind), Some(metrics)) = (failure.upstream_kind, self.metrics()) {
+            metrics.upstream_failure(ctx.route_name(), kind);
         }
         if failure.status != 0 && session.response_written().is_none() {
             failure::respond(session, &failure).await;

@@ -1,24 +1,27 @@
-//! Starting the gateway: check the configuration, connect to NATS, build
-//! each route's chain, serve the metrics, then hand the listener to
-//! Pingora until a signal stops it.
+//! Starting the gateway: check the configuration and resolve the
+//! upstreams, then let Pingora run the proxy service, whose start connects
+//! to NATS and builds each route's chain before the listener opens.
 //!
-//! Two runtimes: the NATS connection, the chains' background work
-//! (discovery refreshes, `logging` calls) and the metrics endpoint run on
-//! a small one of their own; Pingora runs the proxy on its work-stealing
-//! runtime, whose threads await phase calls that the NATS runtime carries.
+//! The NATS connection lives on the proxy's own runtime: a phase call's
+//! request and reply are handed between tasks of one thread pool, often
+//! of one thread, instead of waking a thread of another runtime twice per
+//! call. The chains' background work (discovery refreshes, `logging`
+//! calls) and the metrics endpoint run there too.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_trait::async_trait;
 use natsplug_client::{ChainBuilder, ChainConfig};
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::{HttpProxy, ProxyServiceBuilder};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
-
+use pingora::server::{ListenFds, RunArgs, Server, ShutdownWatch};
+use pingora::services::Service as PingoraService;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service as ListeningService;
 
 use crate::config::{GatewayConfig, parse_address};
 use crate::drain::{Drain, InFlight, Signals};
@@ -27,9 +30,25 @@ use crate::proxy::Gateway;
 use crate::routes::{Route, RouteTable, normalized_prefix};
 use crate::upstream::{Upstream, UpstreamPeer};
 
+/// What start-up makes on the proxy runtime, before the listener opens.
+#[derive(Debug)]
+pub struct Running {
+    /// The NATS connection every chain calls through.
+    pub client: async_nats::Client,
+    /// The routes and their chains.
+    pub routes: Arc<RouteTable>,
+    /// The counters.
+    pub metrics: Arc<GatewayMetrics>,
+}
+
+/// Set once by start-up; read by the proxy, the signals and the drain.
+pub type Started = Arc<OnceLock<Running>>;
+
 /// Run the gateway until SIGTERM (graceful: in-flight exchanges finish)
-/// or SIGINT. Returns only on a start-up error; a clean stop exits the
-/// process with status 0.
+/// or SIGINT. Returns only on a start-up error found before the proxy
+/// runs; one found later (NATS unreachable, a chain that cannot be built)
+/// is printed as `error: ...` and ends the process with status 1. A clean
+/// stop exits with status 0.
 pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
     config.validate()?;
     let listen = parse_address("listen", &config.listen)?;
@@ -40,15 +59,16 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
     // port in use into a message instead of a failed start later.
     std::net::TcpListener::bind(listen)
         .with_context(|| format!("listening on {listen} (listen): is another process using it?"))?;
-
-    let nats_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("natsplug-gateway-nats")
-        .enable_all()
-        .build()
-        .context("starting the NATS runtime")?;
-    let (client, routes, metrics) = nats_runtime.block_on(connect_and_build(&config))?;
-    let route_count = routes.routes().len();
+    let mut upstreams = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let peer = UpstreamPeer::new(
+            Upstream::parse(&route.upstream)?,
+            Duration::from_millis(route.connect_timeout_ms),
+            Duration::from_millis(route.read_timeout_ms),
+        )
+        .with_context(|| format!("route `{}`", route.label()))?;
+        upstreams.push(peer);
+    }
 
     let threads = config
         .threads
@@ -65,59 +85,104 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
+
+    let started: Started = Arc::default();
+    let in_flight = InFlight::default();
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let in_flight = InFlight::default();
     let mut proxy = ProxyServiceBuilder::new(
         &server.configuration,
-        Gateway::new(routes, metrics.clone(), in_flight.clone()),
+        Gateway::new(started.clone(), in_flight.clone()),
     )
     .name("natsplug gateway")
     .server_options(options)
     .build();
     proxy.add_tcp(&listen.to_string());
-    server.add_service(proxy);
+    let route_count = config.routes.len();
+    let grace_period = Duration::from_millis(config.grace_period_ms);
+    let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    server.add_service(GatewayService {
+        proxy,
+        config,
+        upstreams,
+        started: started.clone(),
+    });
     server.add_service(background_service(
         "drain",
         Drain {
             in_flight,
-            timeout: Duration::from_millis(config.shutdown_timeout_ms),
-            client: client.clone(),
+            timeout: shutdown_timeout,
+            started: started.clone(),
         },
     ));
 
-    let announced = metrics.clone();
-    nats_runtime.spawn_blocking(move || announce_when_listening(listen, route_count, &announced));
+    let announced = started.clone();
+    std::thread::spawn(move || announce_when_listening(listen, route_count, &announced));
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            grace_period: Duration::from_millis(config.grace_period_ms),
-            metrics,
+            grace_period,
+            started,
         }),
     });
-
-    // SIGINT, or the drain task did not get to end the process: what the
-    // chains still send (logging calls) gets a moment to leave.
-    nats_runtime.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-    });
+    // SIGINT: the runtimes are gone; nothing more can be sent.
     tracing::info!("natsplug gateway stopped");
     std::process::exit(0)
 }
 
+/// The proxy service, with the start-up that must run on its runtime
+/// before the listener opens.
+struct GatewayService {
+    proxy: ListeningService<HttpProxy<Gateway>>,
+    config: GatewayConfig,
+    upstreams: Vec<UpstreamPeer>,
+    started: Started,
+}
+
+#[async_trait]
+impl PingoraService for GatewayService {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let upstreams = std::mem::take(&mut self.upstreams);
+        match connect_and_build(&self.config, upstreams).await {
+            Ok(running) => {
+                let _ = self.started.set(running);
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::exit(1);
+            }
+        }
+        self.proxy
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        PingoraService::name(&self.proxy)
+    }
+
+    fn threads(&self) -> Option<usize> {
+        PingoraService::threads(&self.proxy)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        PingoraService::listen_addresses(&self.proxy)
+    }
+}
+
 async fn connect_and_build(
     config: &GatewayConfig,
-) -> anyhow::Result<(async_nats::Client, Arc<RouteTable>, Arc<GatewayMetrics>)> {
+    upstreams: Vec<UpstreamPeer>,
+) -> anyhow::Result<Running> {
     let connection = natsplug::nats::connect_with(&config.nats).await?;
     let client = connection.client;
     let mut routes = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
+    for (route, upstream) in config.routes.iter().zip(upstreams) {
         let name = route.label();
-        let upstream = UpstreamPeer::new(
-            Upstream::parse(&route.upstream)?,
-            Duration::from_millis(route.connect_timeout_ms),
-            Duration::from_millis(route.read_timeout_ms),
-        )
-        .with_context(|| format!("route `{name}`"))?;
         let chain = if route.plugins.is_empty() {
             None
         } else {
@@ -165,12 +230,16 @@ async fn connect_and_build(
     if let Some(address) = &config.metrics_listen {
         metrics::serve(metrics.clone(), parse_address("metrics_listen", address)?).await?;
     }
-    Ok((client, routes, metrics))
+    Ok(Running {
+        client,
+        routes,
+        metrics,
+    })
 }
 
 /// Wait until the proxy accepts connections, then say so once on stdout
 /// (the line scripts wait for) and mark the gateway ready.
-fn announce_when_listening(listen: SocketAddr, routes: usize, metrics: &GatewayMetrics) {
+fn announce_when_listening(listen: SocketAddr, routes: usize, started: &Started) {
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::new(
             if listen.is_ipv4() {
@@ -183,15 +252,22 @@ fn announce_when_listening(listen: SocketAddr, routes: usize, metrics: &GatewayM
     } else {
         listen
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+    // Start-up may wait for NATS (bounded by its connect timeout) and for
+    // the discovery of every route's plugins.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(running) = started.get()
+            && TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+        {
+            running.metrics.set_ready(true);
+            break;
+        }
         if Instant::now() > deadline {
-            tracing::error!(%listen, "the proxy listener did not open within 60 s");
+            tracing::error!(%listen, "the proxy listener did not open within 120 s");
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    metrics.set_ready(true);
     tracing::info!(%listen, routes, "gateway listening");
     println!("natsplug gateway ready: listening on {listen}, {routes} route(s)");
 }
