@@ -25,9 +25,10 @@
 //! process's async-nats client, requests sent by a task on the client's
 //! runtime, to a trivial responder process), so that the cost of a plugin
 //! hop, (c) − (b) at p50 and concurrency 1, can be set against it; and the
-//! same round trip sent from a thread outside the client's runtime, as the
-//! gateway's proxy threads send phase calls through its NATS runtime. The table and the goals are printed and written as JSON to
-//! `target/bench/gateway.json`.
+//! same round trip sent from a thread outside the client's runtime, each
+//! message crossing between threads twice (what a caller pays whose NATS
+//! connection runs on another runtime than its requests). The table and
+//! the goals are printed and written as JSON to `target/bench/gateway.json`.
 //!
 //! Each part is its own process: nats-server, `natsplug up` serving the
 //! example plugins, one `natsplug gateway` per gateway scenario (all
@@ -1305,8 +1306,7 @@ fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
                         .expect("the measuring task")
                 });
                 // The same from this thread, outside the client's runtime:
-                // each message crosses between threads twice, as a phase
-                // call from the gateway's proxy threads does.
+                // each message crosses between threads twice.
                 let outside = runtime.block_on(nats_round_trip(&client, count));
                 eprintln!(
                     "round {round}: raw NATS round trip p50 {:.1} µs, p99 {:.1} µs; from outside the client's runtime p50 {:.1} µs, p99 {:.1} µs",
@@ -1621,7 +1621,7 @@ fn report(
         round_trip.requests, round_trip.p50_us, round_trip.p99_us
     );
     println!(
-        "the same sent from a thread outside the client's runtime (as the gateway's proxy threads send phase calls): p50 {:.1} µs, p99 {:.1} µs",
+        "the same sent from a thread outside the client's runtime (two crossings between threads per round trip): p50 {:.1} µs, p99 {:.1} µs",
         outside.p50_us, outside.p99_us
     );
 
