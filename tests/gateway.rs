@@ -487,6 +487,14 @@ async fn body_redaction_spans_the_chunks_of_a_streamed_response() {
     );
     assert!(chunks >= 5.0, "{chunks} body filter calls for 5 chunks");
 
+    // Answers without a body are not reframed for the body filter.
+    for (method, path, status) in [("HEAD", "/echo/head", 200), ("GET", "/status/204", 204)] {
+        let reply = request(gateway.address, method, path, &[], Bytes::new()).await;
+        assert_eq!(reply.status, status, "{method} {path}");
+        assert_eq!(reply.header("transfer-encoding"), None, "{method} {path}");
+        assert_eq!(reply.text(), "", "{method} {path}");
+    }
+
     // Without the plugin the same stream is untouched.
     let plain = GatewayProcess::start(&["--nats", &server.url(), "--upstream", &upstream.url()]);
     let reply = get(plain.address, path, &[]).await;

@@ -14,11 +14,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// glibc malloc's arena locks showed in profiles under load (the gateway
-// served 60% more requests per second with mimalloc).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use commands::{bench, call, inspect, invoke, ls, new, push, rm, rollback, status, up};
 
 pub const EXAMPLES: &str = "Examples:

@@ -3,9 +3,6 @@
 
 use clap::Parser;
 
-// As the `natsplug` binary: glibc malloc's arena locks showed in profiles.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use natsplug_gateway::{DEFAULT_LOG_FILTER, GatewayArgs, args::EXAMPLES};
 
 #[derive(Debug, Parser)]

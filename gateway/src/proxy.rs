@@ -121,6 +121,15 @@ fn chain_may_run(route: &Route, phase: Phase) -> bool {
     })
 }
 
+/// Whether a response with `status` to a `method` request carries a
+/// body (RFC 9110 §6.4.1: none after HEAD, for 1xx, 204 and 304).
+fn has_body(method: http::Method, status: http::StatusCode) -> bool {
+    method != http::Method::HEAD
+        && !status.is_informational()
+        && status != http::StatusCode::NO_CONTENT
+        && status != http::StatusCode::NOT_MODIFIED
+}
+
 /// `headers` with `traceparent` set to `value`.
 fn with_traceparent(mut headers: HeaderList, value: &str) -> HeaderList {
     headers.retain(|(name, _)| !name.eq_ignore_ascii_case("traceparent"));
@@ -392,10 +401,17 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.status = Some(upstream_response.status.as_u16());
-        if matches!(ctx.body, BodyPlan::Pass) && chain_may_run(&route, Phase::ResponseBodyFilter) {
-            // The plugins may change the body's length: it goes chunked.
+        let request = session.req_header();
+        if matches!(ctx.body, BodyPlan::Pass)
+            && has_body(request.method.clone(), upstream_response.status)
+            && chain_may_run(&route, Phase::ResponseBodyFilter)
+        {
+            // The plugins may change the body's length: it goes chunked to
+            // an HTTP/1.1 client, and until the connection closes to an
+            // HTTP/1.0 one (HTTP/2 frames it itself).
+            let chunked = request.version == http::Version::HTTP_11;
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-            if !session.is_http2() && upstream_response.headers.get("transfer-encoding").is_none() {
+            if chunked && upstream_response.headers.get("transfer-encoding").is_none() {
                 let _ = upstream_response.insert_header("transfer-encoding", "chunked");
             }
             ctx.body = BodyPlan::Filter;
@@ -531,5 +547,21 @@ impl ProxyHttp for Gateway {
     ) -> bool {
         // fail_to_proxy logs every failure, with the route.
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_1xx_204_and_304_answers_have_no_body_to_filter() {
+        use http::{Method, StatusCode};
+        assert!(has_body(Method::GET, StatusCode::OK));
+        assert!(has_body(Method::POST, StatusCode::NOT_FOUND));
+        assert!(!has_body(Method::HEAD, StatusCode::OK));
+        assert!(!has_body(Method::GET, StatusCode::NO_CONTENT));
+        assert!(!has_body(Method::GET, StatusCode::NOT_MODIFIED));
+        assert!(!has_body(Method::GET, StatusCode::SWITCHING_PROTOCOLS));
     }
 }
