@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use natsplug_protocol::{self as protocol, HeaderMutations, PhaseReply};
 use natsplug_suite::client::request;
+use natsplug_suite::process::cpu_time;
 use natsplug_suite::{NatsServer, guests, natsplug_binary};
 
 const ECHO_SUBJECT: &str = "bench.echo";
@@ -162,28 +163,6 @@ impl Process {
     fn resident_mib(&self) -> f64 {
         resident_mib(self.0.id())
     }
-}
-
-/// CPU time, user plus system, process `pid` has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime, fields 14 and 15 of the line, in clock ticks.
-    let total = ticks(11) + ticks(12);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_secs_f64(total as f64 / per_second as f64)
 }
 
 /// Resident memory of process `pid` in MiB (0 when it cannot be read).

@@ -68,6 +68,7 @@ use futures::StreamExt as _;
 use natsplug_protocol as protocol;
 use natsplug_suite::client::request;
 use natsplug_suite::nats_server::free_port;
+use natsplug_suite::process::cpu_time;
 use natsplug_suite::{NatsServer, guests, natsplug_binary};
 
 /// Selects what this binary runs as: unset for the benchmark itself.
@@ -649,28 +650,6 @@ fn children_of(pid: u32) -> Vec<u32> {
             (parent == pid).then_some(child)
         })
         .collect()
-}
-
-/// CPU time, user plus system, process `pid` has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime, fields 14 and 15 of the line, in clock ticks.
-    let total = ticks(11) + ticks(12);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_secs_f64(total as f64 / per_second as f64)
 }
 
 // ---------------------------------------------------------------------------

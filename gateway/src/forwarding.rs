@@ -173,13 +173,7 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn list(pairs: &[(&str, &str)]) -> HeaderList {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::headers::list;
 
     #[test]
     fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped() {

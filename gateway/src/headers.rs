@@ -92,16 +92,18 @@ pub fn apply_difference(
     refused
 }
 
+/// A header list of `(name, value)` pairs, for the tests.
+#[cfg(test)]
+pub(crate) fn list(pairs: &[(&str, &str)]) -> HeaderList {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn list(pairs: &[(&str, &str)]) -> HeaderList {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn only_changed_fields_are_rewritten() {

@@ -201,27 +201,15 @@ impl GatewayProcess {
 
     /// Send SIGTERM.
     pub fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        crate::process::terminate(&self.child);
     }
 
     /// Wait up to 20 s for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natsplug gateway did not exit within 20 s; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log.path().to_path_buf();
+        crate::process::wait_exit(&mut self.child, "natsplug gateway", || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        })
     }
 }
 

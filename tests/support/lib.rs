@@ -7,6 +7,7 @@ pub mod client;
 pub mod gateway;
 pub mod host;
 pub mod nats_server;
+pub mod process;
 pub mod up;
 pub mod upstream;
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 
@@ -88,9 +88,7 @@ impl UpProcess {
 
     /// Send SIGTERM.
     pub fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
+        crate::process::terminate(&self.child);
     }
 
     /// Send SIGINT to the process group, as Ctrl-C in a terminal does
@@ -106,17 +104,10 @@ impl UpProcess {
 
     /// Wait up to 20 s for the process to exit.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natsplug did not exit within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log.path().to_path_buf();
+        crate::process::wait_exit(&mut self.child, "natsplug", || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        })
     }
 }
 
