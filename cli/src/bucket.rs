@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{
@@ -199,6 +200,51 @@ pub async fn delete(
         store.delete(name),
     )
     .await
+}
+
+/// How long the bucket commands keep retrying a JetStream call that timed
+/// out. A cluster that lost a node answers again once its streams have
+/// elected new leaders, within seconds; a server that is simply gone
+/// fails the connection instead.
+pub const TIMEOUT_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Run `attempt` again while it fails by timing out, up to
+/// [`TIMEOUT_RETRY_WINDOW`], saying so once on standard error. Every
+/// bucket write is safe to repeat: a put replaces the object whole.
+pub async fn retrying_timeouts<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT_RETRY_WINDOW;
+    let mut said = false;
+    loop {
+        match attempt().await {
+            Err(error) if is_timeout(&error) && tokio::time::Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "JetStream did not answer in time while {what} ({error:#}); retrying for up to {} s, as a cluster that lost a node does until its streams have new leaders",
+                        TIMEOUT_RETRY_WINDOW.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) if is_timeout(&error) => {
+                return Err(error.context(format!(
+                    "JetStream did not answer for {} s; check that the cluster has a quorum (`nats-server` logs name the stream leader elections)",
+                    TIMEOUT_RETRY_WINDOW.as_secs()
+                )));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `error` says a JetStream request got no answer in time.
+fn is_timeout(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}").to_lowercase();
+    text.contains("timed out") || text.contains("timeout")
 }
 
 /// The first 12 characters of a hash or id, as the commands show it.

@@ -227,6 +227,17 @@ impl NatsCluster {
     /// Start `size` nodes named `n1`, `n2`, ... and wait until every node
     /// delivers messages published on every other.
     pub async fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "").await
+    }
+
+    /// Like [`NatsCluster::start`] with JetStream on every node (each in
+    /// its own store dir), so streams and buckets can have replicas.
+    pub async fn start_with_jetstream(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "jetstream: enabled\n").await
+    }
+
+    /// Start `size` nodes, each with `extra` appended to its config.
+    async fn start_with(size: usize, extra: &str) -> NatsCluster {
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let nodes = (0..size)
@@ -238,7 +249,7 @@ impl NatsCluster {
                     .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
                     .collect();
                 let config = format!(
-                    "server_name: n{}\ncluster {{\n  name: test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    "server_name: n{}\ncluster {{\n  name: test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{extra}",
                     index + 1,
                     route_ports[index],
                     routes.join(", ")

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::bucket::{BucketArgs, Inventory, delete, megabytes, put, short};
+use crate::bucket::{BucketArgs, Inventory, delete, megabytes, put, retrying_timeouts, short};
 use crate::local;
 use natsplug::bucket::{self, meta};
 use natsplug::config::HostConfig;
@@ -81,12 +81,18 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
 
     let bucket_name = &args.target.bucket;
     let connected = args.target.connect().await?;
-    let store = if args.create {
-        bucket::create(&connected.js, bucket_name, args.replicas).await?
-    } else {
-        bucket::open(&connected.js, bucket_name).await?
-    };
-    let inventory = Inventory::read(&store, bucket_name).await?;
+    let store = retrying_timeouts("opening the bucket", || async {
+        if args.create {
+            bucket::create(&connected.js, bucket_name, args.replicas).await
+        } else {
+            bucket::open(&connected.js, bucket_name).await
+        }
+    })
+    .await?;
+    let inventory = retrying_timeouts("reading the bucket", || {
+        Inventory::read(&store, bucket_name)
+    })
+    .await?;
     let version = plugin.version.clone();
     let shown_version = version
         .as_deref()
@@ -122,34 +128,37 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     if let Some(version) = &version {
         metadata.insert(meta::PLUGIN_VERSION.to_string(), version.clone());
     }
-    put(
-        &connected,
-        &store,
-        bucket_name,
-        &name,
-        metadata.clone(),
-        &bytes,
-    )
+    retrying_timeouts("writing the plugin", || {
+        put(
+            &connected,
+            &store,
+            bucket_name,
+            &name,
+            metadata.clone(),
+            &bytes,
+        )
+    })
     .await?;
-    put(
-        &connected,
-        &store,
-        bucket_name,
-        &bucket::history_name(&name, sequence),
-        metadata,
-        &bytes,
-    )
+    let history_name = bucket::history_name(&name, sequence);
+    retrying_timeouts("writing its history copy", || {
+        put(
+            &connected,
+            &store,
+            bucket_name,
+            &history_name,
+            metadata.clone(),
+            &bytes,
+        )
+    })
     .await
     .context("the plugin was pushed, but its history copy (for rollback) was not written")?;
     // The new copy is the newest; keep `keep` in all.
     let excess = (history.len() + 1).saturating_sub(args.keep);
     for (old, _) in &history[..excess] {
-        delete(
-            &connected,
-            &store,
-            bucket_name,
-            &bucket::history_name(&name, *old),
-        )
+        let old_name = bucket::history_name(&name, *old);
+        retrying_timeouts("removing an old history copy", || {
+            delete(&connected, &store, bucket_name, &old_name)
+        })
         .await?;
     }
     connected.client.flush().await.ok();

@@ -26,6 +26,11 @@ const PARALLEL_LOADS: usize = 4;
 /// Longest wait between two attempts to open the bucket or its watch.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
+/// Longest wait for the bucket to start a watch or list its objects. A
+/// cluster that lost the node of a consumer can leave it silent rather
+/// than failed; past this the attempt counts as failed and is retried.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running bucket source; stop it with [`BucketSource::stop`].
 pub struct BucketSource {
     stop: CancellationToken,
@@ -74,9 +79,9 @@ impl Follower {
     /// Open the bucket, start watching it, then bring every plugin in line.
     async fn open_and_watch(&self) -> anyhow::Result<Opened> {
         let store = super::open(&self.js, &self.bucket).await?;
-        let watch = store
-            .watch()
+        let watch = tokio::time::timeout(LISTING_TIMEOUT, store.watch())
             .await
+            .map_err(|_| silent(&self.bucket, "start a watch"))?
             .map_err(|error| super::explain(&self.bucket, anyhow::Error::new(error)))?;
         self.resync(&store).await?;
         Ok(Opened { store, watch })
@@ -141,10 +146,18 @@ impl Follower {
                     changed = reconnections.changed() => {
                         if changed.is_ok() {
                             tracing::info!(bucket = %self.bucket, "reconnected: comparing the served plugins with the bucket");
-                            self.resync_logged(&store).await;
+                            // A cluster still electing the stream's leader
+                            // may not answer yet: reopen (with backoff) and
+                            // compare again, rather than wait for the next
+                            // periodic comparison.
+                            if !self.resync_logged(&store).await {
+                                break;
+                            }
                         }
                     }
-                    _ = resync.tick(), if resync_every > 0 => self.resync_logged(&store).await,
+                    _ = resync.tick(), if resync_every > 0 => {
+                        self.resync_logged(&store).await;
+                    }
                 }
             }
             opened = self.open_and_watch().await;
@@ -163,26 +176,38 @@ impl Follower {
         });
     }
 
-    async fn resync_logged(&self, store: &ObjectStore) {
-        if let Err(error) = self.resync(store).await {
-            tracing::warn!(bucket = %self.bucket, "could not compare the served plugins with the bucket: {error:#}");
+    /// Compare the served plugins with the bucket; `false` (logged) when
+    /// the bucket could not be read.
+    async fn resync_logged(&self, store: &ObjectStore) -> bool {
+        match self.resync(store).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(bucket = %self.bucket, "could not compare the served plugins with the bucket: {error:#}");
+                false
+            }
         }
     }
 
     /// Bring every plugin in line with the bucket: load what it holds,
     /// remove what was served from it and is gone.
     async fn resync(&self, store: &ObjectStore) -> anyhow::Result<()> {
-        let mut names = BTreeSet::new();
-        let mut list = store
-            .list()
-            .await
-            .map_err(|error| super::explain(&self.bucket, anyhow::Error::new(error)))?;
-        while let Some(info) = list.next().await {
-            let info = info.map_err(anyhow::Error::new)?;
-            if let ObjectName::Plugin(name) = ObjectName::parse(&info.name) {
-                names.insert(name);
+        let listing = async {
+            let mut names = BTreeSet::new();
+            let mut list = store
+                .list()
+                .await
+                .map_err(|error| super::explain(&self.bucket, anyhow::Error::new(error)))?;
+            while let Some(info) = list.next().await {
+                let info = info.map_err(anyhow::Error::new)?;
+                if let ObjectName::Plugin(name) = ObjectName::parse(&info.name) {
+                    names.insert(name);
+                }
             }
-        }
+            anyhow::Ok(names)
+        };
+        let names = tokio::time::timeout(LISTING_TIMEOUT, listing)
+            .await
+            .map_err(|_| silent(&self.bucket, "list its objects"))??;
         // A few at a time: each may compile a component.
         let permits = tokio::sync::Semaphore::new(PARALLEL_LOADS);
         let syncs = names.iter().map(|name| {
@@ -282,4 +307,12 @@ async fn sync_plugin(
     host.apply(&lock, Origin::Bucket, bytes)
         .await
         .map_err(|_| SyncError::Load)
+}
+
+/// The error of a bucket that did not answer within [`LISTING_TIMEOUT`].
+fn silent(bucket: &str, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "bucket `{bucket}` did not {what} within {} s (is the JetStream cluster electing leaders?)",
+        LISTING_TIMEOUT.as_secs()
+    )
 }

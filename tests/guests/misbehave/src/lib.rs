@@ -1,5 +1,6 @@
 //! A plugin that misbehaves on request, for the sandbox tests. The request
-//! path picks the misbehaviour; `/ok` (or anything unknown) behaves.
+//! path picks the misbehaviour; `/ok` (or anything unknown) behaves, and
+//! `/nap` is slow but harmless.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,6 +44,13 @@ impl Plugin for Misbehave {
                     std::hint::black_box(calls);
                 }
                 Decision::next().set_request_header("x-calls", calls.to_string())
+            }
+            "/nap" => {
+                // Asleep for 200 ms (a slow backend call, not CPU), then
+                // names the host that answered, from the `host` config key.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let host = natsplug_sdk::config::get("host").unwrap_or_default();
+                Decision::next().set_request_header("x-host", host)
             }
             _ => Decision::next().set_request_header("x-calls", calls.to_string()),
         }
