@@ -870,3 +870,150 @@ fn base32(bytes: &[u8]) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------- credentials that went bad
+
+/// An operator-mode server trusting account `APP`, and that account's key.
+fn operator_mode_server() -> (NatsServer, nkeys::KeyPair) {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let server = NatsServer::start_with_config(&format!(
+        "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: \"{}\"\n  {acc}: \"{}\"\n}}\n",
+        operator_jwt(&operator, &system),
+        account_jwt(&operator, &system, "SYS"),
+        account_jwt(&operator, &account, "APP"),
+        sys = system.public_key(),
+        acc = account.public_key(),
+    ));
+    (server, account)
+}
+
+/// `jwt` with `claim` set to `value`, signed again by `issuer`.
+fn with_claim(jwt: &str, issuer: &nkeys::KeyPair, claim: &str, value: u64) -> String {
+    let mut parts = jwt.split('.');
+    let header = parts.next().unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    claims[claim] = value.into();
+    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn an_expired_user_jwt_fails_start_up_naming_the_expiry_and_what_to_do() {
+    let (server, account) = operator_mode_server();
+    let user = nkeys::KeyPair::new_user();
+    let jwt = user_jwt(&account, &user, "host");
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // The same user, expiring in an hour, logs in: only `exp` differs below.
+    let valid = write(
+        dir.path(),
+        "valid.creds",
+        &creds_file(&with_claim(&jwt, &account, "exp", now + 3600), &user),
+    );
+    let host = try_host(&server.url(), |c| c.nats.creds_file = Some(valid))
+        .await
+        .expect("creds expiring in an hour log in");
+    host.host.shutdown().await.unwrap();
+
+    // 2020-09-13T12:26:40Z.
+    let expired = write(
+        dir.path(),
+        "expired.creds",
+        &creds_file(&with_claim(&jwt, &account, "exp", 1_600_000_000), &user),
+    );
+    let error = start_error(&server.url(), |c| c.nats.creds_file = Some(expired.clone())).await;
+    assert!(
+        error.contains(&format!(
+            "NATS at {} refused the login (authorization violation): the user JWT in nats.creds_file {} expired at 2020-09-13T12:26:40Z (",
+            server.url(),
+            expired.display()
+        )) && error.contains(
+            " ago). Get fresh credentials for this user (`nsc generate creds`, after `nsc edit user --expiry` if its expiry is set too short) and point nats.creds_file at them"
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_fails_start_up_naming_the_expiry() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("natsplug test CA");
+    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
+    let server = NatsServer::start_with_files(|dir| {
+        let (cert, key) = ca.leaf_with(&["localhost", "127.0.0.1"], 2020, 2021);
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            write(dir, "server.pem", &cert).display(),
+            write(dir, "server-key.pem", &key).display()
+        )
+    });
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    assert!(
+        error.contains(&format!("TLS with NATS at {} failed (", server.url()))
+            && error.contains(
+                "): the server's certificate expired at 2021-01-01T00:00:00Z ("
+            )
+            && error.contains(
+                " ago, by this machine's clock). Renew the server's certificate (the cert_file of its tls block) and reload the server; if it should still be valid, check this machine's clock"
+            ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_certificate_for_other_names_fails_start_up_naming_them() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("natsplug test CA");
+    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
+    let server = NatsServer::start_with_files(|dir| {
+        let (cert, key) = ca.leaf_with(&["nats.example.com", "10.1.2.3"], 2020, 2100);
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            write(dir, "server.pem", &cert).display(),
+            write(dir, "server-key.pem", &key).display()
+        )
+    });
+
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    assert!(
+        error.contains(&format!("TLS with NATS at {} failed (", server.url()))
+            && error.contains(
+                "): the server's certificate is not valid for 127.0.0.1, the host of the URL: it names only nats.example.com, 10.1.2.3. Connect with a name the certificate lists, or reissue the certificate with 127.0.0.1 among its subject alternative names"
+            ),
+        "{error}"
+    );
+}
+
+impl TestCa {
+    /// A server certificate for `names`, valid from the first day of year
+    /// `from` to the first day of year `until`, and its key, both PEM.
+    fn leaf_with(&self, names: &[&str], from: i32, until: i32) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "nats-server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}

@@ -181,6 +181,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for subject in &subjects {
         ready.push_str(&format!("  {subject}\n"));
     }
+    // Listen for signals before saying ready: a SIGTERM that follows the
+    // ready line at once must drain, not kill.
+    let mut signals = ShutdownSignals::listen();
     // The ready lines are for whoever started the host. If it has stopped
     // reading them (a closed pipe), the host serves on all the same.
     let mut stdout = std::io::stdout().lock();
@@ -193,7 +196,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     drop(stdout);
 
     tokio::select! {
-        _ = wait_for_signal() => {}
+        _ = signals.next() => {}
         _ = lost.cancelled() => {
             bail!(
                 "lost the connection to NATS: gave up after {} reconnect attempts (nats.max_reconnects; 0 reconnects forever)",
@@ -206,7 +209,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let embedded_on_exit = embedded.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         eprintln!("second signal: exiting now");
         if let Some(server) = embedded_on_exit.lock().await.take() {
             server.stop().await;
@@ -226,25 +229,49 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Wait for Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C (SIGINT), each taken over from its default action
+/// (exit at once) from the moment this is made.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Wait for the next SIGTERM or Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {},
+                _ = recv(&mut self.interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -1,7 +1,11 @@
 //! The wording of a failed first connection: what is wrong and what to check.
 
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use anyhow::anyhow;
 use async_nats::ConnectErrorKind;
+use base64::Engine as _;
 
 use crate::config::{NatsAuth, NatsConfig};
 
@@ -18,6 +22,14 @@ pub(super) fn explain_connect_error(
     }
     match error.kind() {
         ConnectErrorKind::AuthorizationViolation => {
+            if let NatsAuth::CredsFile(path) = auth
+                && let Some(problem) = user_jwt_validity(path, SystemTime::now())
+            {
+                return anyhow!(
+                    "NATS at {shown} refused the login (authorization violation): the user JWT in nats.creds_file {} {problem}. Get fresh credentials for this user (`nsc generate creds`, after `nsc edit user --expiry` if its expiry is set too short) and point nats.creds_file at them",
+                    path.display()
+                );
+            }
             let check = match auth {
                 NatsAuth::None => {
                     return anyhow!(
@@ -114,12 +126,36 @@ fn explain_tls(error: &async_nats::rustls::Error, shown: &str, config: &NatsConf
         | Error::InvalidCertificate(CertificateError::BadSignature) => format!(
             "the server's certificate is not signed by a CA this host trusts: it checked against {ca}. Set nats.tls_ca_file to the CA certificate that signed the server's certificate"
         ),
-        Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the server's certificate does not name the host of the URL: connect with a host name (or IP) the certificate lists".to_string(),
-        Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the server's certificate has expired".to_string(),
+        Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => {
+            let expected = expected.to_str();
+            let names = presented.iter().map(|name| plain_name(name)).collect::<Vec<_>>();
+            let listed = if names.is_empty() {
+                "it names no host at all (it has no subject alternative names)".to_string()
+            } else {
+                format!("it names only {}", names.join(", "))
+            };
+            format!(
+                "the server's certificate is not valid for {expected}, the host of the URL: {listed}. Connect with a name the certificate lists, or reissue the certificate with {expected} among its subject alternative names"
+            )
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName) => "the server's certificate does not name the host of the URL: connect with a host name (or IP) the certificate lists, or reissue the certificate for that name".to_string(),
+        Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            let ago = time.as_secs().saturating_sub(not_after.as_secs());
+            format!(
+                "the server's certificate expired at {} ({} ago, by this machine's clock). Renew the server's certificate (the cert_file of its tls block) and reload the server; if it should still be valid, check this machine's clock",
+                humantime::format_rfc3339_seconds(unix_time(not_after.as_secs())),
+                rough_duration(ago)
+            )
+        }
+        Error::InvalidCertificate(CertificateError::Expired) => "the server's certificate has expired (by this machine's clock): renew the server's certificate (the cert_file of its tls block), or check this machine's clock".to_string(),
+        Error::InvalidCertificate(CertificateError::NotValidYetContext { not_before, .. }) => format!(
+            "the server's certificate is not valid before {}, by this machine's clock: check the clocks of this machine and of the machine that issued it",
+            humantime::format_rfc3339_seconds(unix_time(not_before.as_secs()))
+        ),
+        Error::InvalidCertificate(CertificateError::NotValidYet) => "the server's certificate is not valid yet, by this machine's clock: check the clocks of this machine and of the machine that issued it".to_string(),
         Error::InvalidCertificate(_) => format!(
             "the server's certificate was rejected; it was checked against {ca}"
         ),
@@ -140,4 +176,115 @@ fn explain_tls(error: &async_nats::rustls::Error, shown: &str, config: &NatsConf
         _ => format!("check {ca} and the server's TLS settings"),
     };
     format!("TLS with NATS at {shown} failed ({error}): {advice}")
+}
+
+/// A name as webpki lists it (`DnsName("a.example")`, `IpAddress(10.0.0.1)`),
+/// without the wrapping.
+fn plain_name(name: &str) -> &str {
+    for (start, end) in [("DnsName(\"", "\")"), ("IpAddress(", ")")] {
+        if let Some(inner) = name.strip_prefix(start).and_then(|n| n.strip_suffix(end)) {
+            return inner;
+        }
+    }
+    name
+}
+
+fn unix_time(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
+/// `seconds` in its two largest units ("3years 2months", "1m 30s").
+fn rough_duration(seconds: u64) -> String {
+    let full = humantime::format_duration(Duration::from_secs(seconds)).to_string();
+    full.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What is wrong with the validity period of the user JWT in the `.creds`
+/// file at `path` at `now` (expired, or not valid yet), if anything.
+fn user_jwt_validity(path: &Path, now: SystemTime) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let jwt = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|line| !line.contains("BEGIN NATS USER JWT"))
+        .nth(1)?;
+    let claims = jwt.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let now_secs = unix_seconds(now);
+    let seconds = |key: &str| claims.get(key).and_then(serde_json::Value::as_u64);
+    if let Some(exp) = seconds("exp").filter(|&exp| exp > 0 && exp <= now_secs) {
+        return Some(format!(
+            "expired at {} ({} ago)",
+            humantime::format_rfc3339_seconds(unix_time(exp)),
+            rough_duration(now_secs - exp)
+        ));
+    }
+    if let Some(nbf) = seconds("nbf").filter(|&nbf| nbf > now_secs) {
+        return Some(format!(
+            "is not valid before {} (check this machine's clock, and the one that issued it)",
+            humantime::format_rfc3339_seconds(unix_time(nbf))
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webpki_names_lose_their_wrapping() {
+        assert_eq!(plain_name("DnsName(\"nats.example\")"), "nats.example");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(
+            plain_name("UniformResourceIdentifier(\"x\")"),
+            "UniformResourceIdentifier(\"x\")"
+        );
+    }
+
+    #[test]
+    fn the_validity_of_a_creds_user_jwt_is_read_from_its_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = |claims: serde_json::Value| {
+            let encode = |v: &serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            let jwt = format!(
+                "{}.{}.c2ln",
+                encode(&serde_json::json!({"typ": "JWT"})),
+                encode(&claims)
+            );
+            let path = dir.path().join("user.creds");
+            std::fs::write(
+                &path,
+                format!("-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n"),
+            )
+            .unwrap();
+            path
+        };
+        let now = unix_time(1_000_000);
+        let path = creds(serde_json::json!({"exp": 1_000_000 - 90}));
+        assert_eq!(
+            user_jwt_validity(&path, now).as_deref(),
+            Some("expired at 1970-01-12T13:45:10Z (1m 30s ago)")
+        );
+        assert_eq!(rough_duration(400 * 86_400 + 7), "1year 1month");
+        let path = creds(serde_json::json!({"exp": 1_000_001}));
+        assert_eq!(user_jwt_validity(&path, now), None);
+        let path = creds(serde_json::json!({"nbf": 1_000_060}));
+        assert!(
+            user_jwt_validity(&path, now)
+                .is_some_and(|p| p.starts_with("is not valid before 1970-01-12T13:47:40Z")),
+        );
+        let path = creds(serde_json::json!({"name": "no times"}));
+        assert_eq!(user_jwt_validity(&path, now), None);
+        assert_eq!(user_jwt_validity(&dir.path().join("missing"), now), None);
+    }
 }
