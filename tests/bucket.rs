@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -137,6 +137,28 @@ async fn until_fleet_reports(
     }
 }
 
+/// Wait (at most 10 s) until `counter` reaches `target`.
+async fn until_count(counter: &AtomicU64, target: u64, what: &str) {
+    let started = Instant::now();
+    while counter.load(Ordering::Relaxed) < target {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: {} of {target} within 10 s",
+            counter.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The value of counter `name` in the `/metrics` of the host at `monitor`.
+fn counter_metric(monitor: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = http_get(monitor, "/metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
 async fn send_edge(client: &PhaseClient, id: &str) -> Result<PhaseReply, String> {
     let payload = natsplug_protocol::encode_request(&request("request_filter", id, "GET", "/"));
     match tokio::time::timeout(
@@ -190,11 +212,15 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     // Push v2 while four clients send continuously.
     let running = Arc::new(AtomicBool::new(true));
     let switched = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    // Replies received, and those to requests sent after the fleet switched.
+    let answered = Arc::new(AtomicU64::new(0));
+    let answered_after = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for sender in 0..4 {
         let client = client.clone();
         let running = running.clone();
         let switched = switched.clone();
+        let (answered, answered_after) = (answered.clone(), answered_after.clone());
         senders.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut index = 0;
@@ -203,21 +229,23 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
                 let reply = send_edge(&client, &format!("{sender}-{index}")).await;
                 index += 1;
                 let converged = *switched.lock().unwrap();
-                seen.push((
-                    reply.map(|r| behaviour_of(&r)),
-                    converged.is_some_and(|at| sent > at),
-                ));
+                let after = converged.is_some_and(|at| sent > at);
+                answered.fetch_add(1, Ordering::Relaxed);
+                if after {
+                    answered_after.fetch_add(1, Ordering::Relaxed);
+                }
+                seen.push((reply.map(|r| behaviour_of(&r)), after));
             }
             seen
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_count(&answered, 20, "replies before the push").await;
     let pushed = push(&server, guests::AUTHZ, "edge");
     assert!(pushed.starts_with("pushed edge"), "{pushed}");
     let took = until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
     *switched.lock().unwrap() = Some(Instant::now());
     eprintln!("all three hosts served the pushed version {took:?} after push returned");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_count(&answered_after, 20, "replies after the fleet switched").await;
     running.store(false, Ordering::Relaxed);
     let mut results = Vec::new();
     for sender in senders {
@@ -370,18 +398,34 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let file = install_file(plugins.path(), "edge", guests::HEADER_INJECTOR);
-    let _host = start_host(&server, plugins.path(), cache.path());
+    let monitor: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _host = start_host_with(
+        &server,
+        plugins.path(),
+        cache.path(),
+        &["--monitor", &monitor.to_string()],
+    );
     // Bounded: a loaded machine may take a moment to answer discovery.
     until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("directory")).await;
     assert_eq!(
         behaviour_of(&send_edge(&client, "dir").await.unwrap()),
         Behaviour::Injects
     );
-    // A push to the bucket does not override the local file.
+    // A push to the bucket does not override the local file: the host
+    // passes the pushed version over.
+    let skipped = "natsplug_bucket_versions_skipped_total";
+    let before = counter_metric(monitor, skipped);
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
     let padded = padded_component(&authz, 10);
     store.put("edge", &mut padded.as_slice()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    while counter_metric(monitor, skipped) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the push was not passed over within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         fleet_metadata(&nats, 1, "plugin.edge.hash").await,
         vec![Some(natsplug::plugin::content_hash(&injector))]
@@ -519,7 +563,24 @@ async fn a_host_that_was_cut_off_catches_up_after_it_reconnects() {
         .unwrap();
     assert!(stop.success());
     push(&server, guests::AUTHZ, "edge");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The server drops the frozen host: its subscription goes with it.
+    let started = Instant::now();
+    loop {
+        let probe = tokio::time::timeout(
+            Duration::from_millis(500),
+            nats.request("nylon.plugin.edge.request_filter", "".into()),
+        )
+        .await;
+        if let Ok(Err(error)) = &probe
+            && error.kind() == async_nats::RequestErrorKind::NoResponders
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the server did not drop the frozen host within 15 s"
+        );
+    }
     let resume = std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status()

@@ -319,9 +319,8 @@ impl Drop for ReplyTap {
     }
 }
 
-/// Wait (up to 10 s) until every node of `urls` routes the phase subject
-/// of `plugin` to `hosts` hosts' queue subscriptions: a request sent from
-/// each node is answered.
+/// Wait (up to 10 s) until every node of `urls` routes `plugin`'s
+/// `request_filter` to a host: a request sent from each node is answered.
 async fn wait_served_from_every_node(urls: &[String], plugin: &str) {
     for url in urls {
         let client = async_nats::connect(url.clone()).await.unwrap();

@@ -236,7 +236,7 @@ async fn a_broken_file_leaves_the_working_version_serving_until_fixed() {
 async fn a_file_written_slowly_in_chunks_loads_once_complete() {
     let server = NatsServer::start();
     let host = TestHost::start(&server.url(), &[], |_| {}).await;
-    let _watcher = host.watch(Duration::from_millis(300));
+    let watcher = host.watch(Duration::from_millis(300));
     let client = PhaseClient::new(server.connect().await);
 
     let bytes = std::fs::read(guests::AUTHZ).unwrap();
@@ -250,8 +250,14 @@ async fn a_file_written_slowly_in_chunks_loads_once_complete() {
         }
     }
     wait_for_behaviour(&client, "slow", Behaviour::Forbids).await;
-    // Give any late duplicate reload time to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writes came closer together than the debounce, so each one after
+    // the first put the load off.
+    assert!(watcher.postponed() >= 1, "the writes were not debounced");
+    // Every attempt to load the file runs under the plugin's lock and
+    // records its failure before the next starts, and the file was
+    // complete before the first probe: an attempt on a partial file would
+    // be recorded before the load the probe saw. A later one reads the
+    // complete file, the same content as served, and changes nothing.
     let status = host.host.status().await;
     assert_eq!(
         status[0].content_hash,

@@ -42,6 +42,19 @@ async fn call(client: &PhaseClient, path: &str) -> RawReply {
         .expect("a reply")
 }
 
+/// Wait (at most 5 s) until `count` calls are queued or running on `host`.
+async fn until_in_flight(host: &TestHost, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.host.in_flight() != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} calls in flight, not {count}, after 5 s",
+            host.host.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn assert_error(raw: &RawReply, code: u16, starts_with: &str) -> PhaseReply {
     let reply = raw.reply();
     assert_eq!(reply.action, Action::Error, "{reply:?}");
@@ -220,7 +233,12 @@ async fn invalid_or_oversized_results_are_500s() {
 #[tokio::test]
 async fn a_log_flood_is_capped_per_call_and_counted() {
     let server = NatsServer::start();
-    let (host, client) = start(&server, |_| {}).await;
+    // One worker runs every call and emits its records, in order.
+    let (host, client) = start(&server, |config| {
+        config.runtime.workers = 1;
+        config.runtime.inline_call_max_us = 0;
+    })
+    .await;
     let raw = call(&client, "/flood").await;
     assert_eq!(raw.reply().action, Action::Next);
     // Dropped records are counted before the reply; kept ones follow it.
@@ -238,14 +256,24 @@ async fn a_log_flood_is_capped_per_call_and_counted() {
             .filter(|r| r.request_id.as_deref() == Some("/flood"))
             .count()
     };
+    // A marker: the failure record of a later call, emitted by the same
+    // worker after every record of the flood.
+    assert_error(
+        &call(&client, "/panic").await,
+        500,
+        "plugin `misbehave` trapped",
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while kept() < natsplug::sandbox::MAX_RECORDS_PER_CALL {
-        assert!(Instant::now() < deadline, "only {} records arrived", kept());
+    while !host
+        .records
+        .records()
+        .iter()
+        .any(|r| r.request_id.as_deref() == Some("/panic"))
+    {
+        assert!(Instant::now() < deadline, "no marker record within 5 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let kept = kept();
-    assert_eq!(kept, natsplug::sandbox::MAX_RECORDS_PER_CALL);
+    assert_eq!(kept(), natsplug::sandbox::MAX_RECORDS_PER_CALL);
     host.host.shutdown().await.unwrap();
 }
 
@@ -515,7 +543,7 @@ async fn lone_loop_then_neighbours(inline_call_max_us: u64) -> (bool, Vec<String
         let client = client.clone();
         async move { call(&client, "/loop").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_in_flight(&host, 1).await;
     assert_eq!(neighbour_requests(client.clone(), 5).await, 5);
     let neighbours_first = !looping.is_finished();
     assert_error(
@@ -543,8 +571,7 @@ async fn shutdown_waits_for_a_call_running_where_it_was_received() {
         let client = client.clone();
         async move { call(&client, "/sleep").await }
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(host.host.in_flight(), 1);
+    until_in_flight(&host, 1).await;
     host.host.shutdown().await.unwrap();
     assert_eq!(
         host.host.in_flight(),

@@ -158,7 +158,7 @@ pub async fn render(host: &Host) -> String {
         counters: vec![
             (
                 "natsplug_log_records_sent",
-                "Log records published to NATS",
+                "Log records published to NATS (acknowledged, in durable mode; in plain mode one the server then refused counts here and as dropped, reason refused)",
                 load(&stats.log_records_sent),
             ),
             (
@@ -180,6 +180,11 @@ pub async fn render(host: &Host) -> String {
                 "natsplug_permission_violations",
                 "Publishes or subscriptions the server refused",
                 load(&stats.permission_violations),
+            ),
+            (
+                "natsplug_bucket_versions_skipped",
+                "Bucket versions of a plugin passed over because the plugins directory holds it",
+                load(&stats.bucket_versions_skipped),
             ),
             (
                 "natsplug_messages_without_reply",
@@ -226,6 +231,7 @@ pub async fn render(host: &Host) -> String {
         ],
         dropped_records: vec![
             ("buffer_full", load(&stats.log_records_dropped)),
+            ("refused", load(&stats.log_records_refused)),
             ("per_call_cap", load(&stats.records_dropped)),
             (
                 "rate_limited",

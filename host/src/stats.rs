@@ -104,6 +104,9 @@ pub struct HostStats {
     pub log_records_rate_limited: Arc<AtomicU64>,
     /// Failed publishes of log records (retried in durable mode).
     pub log_publish_failures: AtomicU64,
+    /// Log records on a subject the server refuses this host (no publish
+    /// permission): refused by the server, or held back after a refusal.
+    pub log_records_refused: AtomicU64,
     /// Warm plugin instances kept by the workers.
     pub warm_instances: std::sync::atomic::AtomicI64,
     /// Messages the NATS client dropped because a subscription's buffer
@@ -117,4 +120,7 @@ pub struct HostStats {
     pub last_recovery_ms: AtomicU64,
     /// Publishes or subscriptions the server refused (permissions violation).
     pub permission_violations: AtomicU64,
+    /// Times the bucket's version of a plugin was passed over because the
+    /// plugins directory holds the plugin (the directory wins).
+    pub bucket_versions_skipped: AtomicU64,
 }

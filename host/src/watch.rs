@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -29,6 +30,7 @@ pub struct DirectoryWatcher {
     _watcher: notify::RecommendedWatcher,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    postponed: Arc<AtomicU64>,
 }
 
 impl DirectoryWatcher {
@@ -65,13 +67,28 @@ impl DirectoryWatcher {
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching the plugins directory {}", dir.display()))?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(host, dir.clone(), receiver, debounce, stop.clone()));
+        let postponed = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            host,
+            dir.clone(),
+            receiver,
+            debounce,
+            stop.clone(),
+            postponed.clone(),
+        ));
         tracing::info!(dir = %dir.display(), debounce_ms = debounce.as_millis() as u64, "watching for plugin changes");
         Ok(DirectoryWatcher {
             _watcher: watcher,
             stop,
             task: Some(task),
+            postponed,
         })
+    }
+
+    /// Writes to a plugin file that put off its pending load: the file was
+    /// still being written, so it is loaded only after `debounce` of quiet.
+    pub fn postponed(&self) -> u64 {
+        self.postponed.load(Ordering::Relaxed)
     }
 
     /// Stop watching; changes already being applied finish first.
@@ -104,6 +121,7 @@ async fn run(
     mut events: mpsc::UnboundedReceiver<(PathBuf, bool)>,
     debounce: Duration,
     stop: CancellationToken,
+    postponed: Arc<AtomicU64>,
 ) {
     // notify reports absolute paths under the watched path as given.
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -121,7 +139,9 @@ async fn run(
                     };
                     if is_plugin_file(&dir, &path) {
                         let wait = if settled { Duration::ZERO } else { debounce };
-                        due.insert(path, Instant::now() + wait);
+                        if due.insert(path, Instant::now() + wait).is_some() && !settled {
+                            postponed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 None => break,

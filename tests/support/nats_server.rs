@@ -167,6 +167,21 @@ impl NatsServer {
         self.spawn(Some(port));
     }
 
+    /// Replace the configuration text of a server started with
+    /// [`NatsServer::start_with_config`] and have it load the new text
+    /// while running (SIGHUP, as `nats-server --signal reload` sends). The
+    /// reload happens shortly after this returns.
+    pub fn reload(&self, config: &str) {
+        std::fs::write(self.dir.path().join("server.conf"), config)
+            .expect("writing the server config");
+        let child = self.child.as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "signalling nats-server to reload");
+    }
+
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -266,6 +266,9 @@ async fn sync_plugin(
     use jetstream::object_store::InfoErrorKind;
     let lock = host.lock_plugin(name).await;
     if !host.sources().bucket_may_serve(name) {
+        host.stats()
+            .bucket_versions_skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(plugin = %name, "plugin `{name}` is in the plugins directory, which wins over the bucket");
         return Ok(SyncOutcome::Unchanged);
     }

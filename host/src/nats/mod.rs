@@ -12,7 +12,7 @@ mod permissions;
 
 pub use self::connect::{NatsConnection, connect, connect_with, reconnect_delay};
 pub use self::embedded::{EmbeddedServer, LOCAL_ADDR, is_listening, which};
-pub use self::monitor::ConnectionMonitor;
+pub use self::monitor::{ConnectionMonitor, PublishRefusalHandler};
 pub use self::permissions::{PermissionOperation, PermissionViolation};
 
 /// The connection name the host announces: `natsplug@<hostname>:<pid>`.

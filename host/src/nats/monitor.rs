@@ -25,7 +25,24 @@ pub struct ConnectionMonitor {
     max_reconnects: usize,
     /// Counts reconnections, for tasks that resynchronise after one.
     reconnected: tokio::sync::watch::Sender<u64>,
+    /// Refusals that whoever caused them reports with more context than
+    /// the monitor has: counted here, logged there.
+    reported_elsewhere: std::sync::Mutex<ReportedElsewhere>,
 }
+
+/// See [`ConnectionMonitor::confirming`] and
+/// [`ConnectionMonitor::on_publish_refused`].
+#[derive(Default)]
+struct ReportedElsewhere {
+    /// Subjects being subscribed and confirmed, with how many confirmations
+    /// of each are under way.
+    subscriptions: std::collections::HashMap<String, usize>,
+    /// Handlers of publish refusals; one returning true reports it.
+    publishes: Vec<Arc<PublishRefusalHandler>>,
+}
+
+/// Called with a publish the server refused; returns whether it reported it.
+pub type PublishRefusalHandler = dyn Fn(&PermissionViolation) -> bool + Send + Sync;
 
 #[derive(Default)]
 struct MonitorState {
@@ -47,6 +64,7 @@ impl ConnectionMonitor {
             lost: CancellationToken::new(),
             max_reconnects: config.max_reconnects,
             reconnected: tokio::sync::watch::channel(0).0,
+            reported_elsewhere: std::sync::Mutex::new(ReportedElsewhere::default()),
         }
     }
 
@@ -77,6 +95,60 @@ impl ConnectionMonitor {
     /// Errors the server sends from now on (`-ERR` text).
     pub fn server_errors(&self) -> broadcast::Receiver<String> {
         self.server_errors.subscribe()
+    }
+
+    /// Mark `subjects` as being subscribed by a caller that confirms them
+    /// with [`ConnectionMonitor::confirm_subscriptions`] and reports a
+    /// refusal itself (naming what the subject was for): until
+    /// [`ConnectionMonitor::confirmed`], a refusal of one is counted but
+    /// not logged here. Call before subscribing: the refusal can arrive
+    /// before the confirmation starts.
+    pub fn confirming(&self, subjects: &[String]) {
+        let mut reported = self.reported();
+        for subject in subjects {
+            *reported.subscriptions.entry(subject.clone()).or_default() += 1;
+        }
+    }
+
+    /// The confirmation of `subjects` (see [`ConnectionMonitor::confirming`])
+    /// is over: later refusals of them are logged here again.
+    pub fn confirmed(&self, subjects: &[String]) {
+        let mut reported = self.reported();
+        for subject in subjects {
+            if let Some(count) = reported.subscriptions.get_mut(subject) {
+                *count -= 1;
+                if *count == 0 {
+                    reported.subscriptions.remove(subject);
+                }
+            }
+        }
+    }
+
+    /// Hand publish refusals to `handler` first: one it returns true for
+    /// is counted in [`HostStats::permission_violations`] and not logged
+    /// here (the handler reports it, e.g. once for a whole subject).
+    pub fn on_publish_refused(&self, handler: Arc<PublishRefusalHandler>) {
+        self.reported().publishes.push(handler);
+    }
+
+    /// Whether someone else reports `violation`.
+    fn reported_elsewhere(&self, violation: &PermissionViolation) -> bool {
+        let handlers = {
+            let reported = self.reported();
+            match violation.operation {
+                PermissionOperation::Subscribe => {
+                    return reported.subscriptions.contains_key(&violation.subject);
+                }
+                PermissionOperation::Publish => reported.publishes.clone(),
+            }
+        };
+        handlers.iter().any(|handler| handler(violation))
+    }
+
+    fn reported(&self) -> std::sync::MutexGuard<'_, ReportedElsewhere> {
+        self.reported_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn on_event(&self, event: Event) {
@@ -130,7 +202,9 @@ impl ConnectionMonitor {
                     self.stats
                         .permission_violations
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(subject = %violation.subject, "{violation}");
+                    if !self.reported_elsewhere(&violation) {
+                        tracing::error!(subject = %violation.subject, "{violation}");
+                    }
                 } else {
                     tracing::warn!("NATS server error: {message}");
                 }

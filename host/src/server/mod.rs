@@ -46,7 +46,8 @@ pub struct Host {
     /// The served plugins, by name.
     plugins: Mutex<BTreeMap<String, registry::ServedPlugin>>,
     stats: Arc<HostStats>,
-    sink: Arc<dyn LogSink>,
+    /// Where plugin records and host events go.
+    sink: Arc<LogPipeline>,
     publisher: Option<Arc<LogPublisher>>,
     started: std::time::SystemTime,
     id: String,
@@ -130,18 +131,25 @@ impl Host {
             let publisher = LogPublisher::start(client.clone(), &config.logs, stats.clone())
                 .await
                 .context("starting the log publisher")?;
-            Some(Arc::new(publisher))
+            let publisher = Arc::new(publisher);
+            // Refused log records are the publisher's to count and report.
+            let refusals = publisher.clone();
+            monitor.on_publish_refused(Arc::new(move |violation| refusals.refused(violation)));
+            Some(publisher)
         } else {
             None
         };
-        let mut outputs: Vec<Arc<dyn LogSink>> = vec![Arc::new(TracingSink), sink];
+        let mut outputs: Vec<Arc<dyn LogSink>> = vec![sink];
         if let Some(publisher) = &publisher {
             outputs.push(publisher.clone());
         }
-        let sink: Arc<dyn LogSink> = Arc::new(LogPipeline::new(
-            LogFilter::new(&config, stats.log_records_rate_limited.clone()),
-            outputs,
-        ));
+        let sink = Arc::new(
+            LogPipeline::new(
+                LogFilter::new(&config, stats.log_records_rate_limited.clone()),
+                outputs,
+            )
+            .with_echo(Arc::new(TracingSink)),
+        );
         let executor = Executor::start(
             runtime.worker_count(),
             WorkerContext {
@@ -260,7 +268,7 @@ impl Host {
 
     /// Emit a host event about plugin `name` as a log record.
     fn host_event(&self, name: &str, level: LogLevel, message: String) {
-        self.sink.emit(LogRecord {
+        self.sink.emit_host_event(LogRecord {
             timestamp: std::time::SystemTime::now(),
             level,
             message,

@@ -156,6 +156,15 @@ impl Host {
         plugin: &LoadedPlugin,
     ) -> anyhow::Result<()> {
         let errors = self.monitor.server_errors();
+        // A refusal is reported with the plugin's load failure, not by the
+        // monitor as well.
+        let subjects: Vec<String> = plugin
+            .phases
+            .iter()
+            .filter(|phase| !served.subscriptions.contains_key(phase))
+            .map(|phase| self.subject(&plugin.name, *phase))
+            .collect();
+        self.monitor.confirming(&subjects);
         let mut added = Vec::new();
         let subscribed = self.subscribe_phases(served, plugin, &mut added).await;
         let result = match subscribed {
@@ -172,6 +181,7 @@ impl Host {
                 .map_err(anyhow::Error::new),
             Err(error) => Err(error),
         };
+        self.monitor.confirmed(&subjects);
         if result.is_err() {
             let new: Vec<Phase> = served
                 .subscriptions
