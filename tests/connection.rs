@@ -442,6 +442,9 @@ async fn a_forbidden_phase_subject_fails_start_up_naming_the_subject() {
     let login = |c: &mut HostConfig| {
         c.nats.user = Some("host".into());
         c.nats.password = Some(Secret::new("pw"));
+        // This user may not publish log records (tests/refusals.rs covers
+        // that); here only the phase subjects count.
+        c.logs.enabled = false;
     };
 
     // Allowed subjects are confirmed and served.
