@@ -947,22 +947,7 @@ async fn an_expired_user_jwt_fails_start_up_naming_the_expiry_and_what_to_do() {
 
 #[tokio::test]
 async fn an_expired_server_certificate_fails_start_up_naming_the_expiry() {
-    let pki = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("natsplug test CA");
-    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
-    let server = NatsServer::start_with_files(|dir| {
-        let (cert, key) = ca.leaf_with(&["localhost", "127.0.0.1"], 2020, 2021);
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
-            write(dir, "server.pem", &cert).display(),
-            write(dir, "server-key.pem", &key).display()
-        )
-    });
-
-    let error = start_error(&server.url(), |c| {
-        c.nats.tls_ca_file = Some(ca_file.clone());
-    })
-    .await;
+    let (server, error) = tls_start_error(&["localhost", "127.0.0.1"], 2020, 2021).await;
     assert!(
         error.contains(&format!("TLS with NATS at {} failed (", server.url()))
             && error.contains(
@@ -977,22 +962,7 @@ async fn an_expired_server_certificate_fails_start_up_naming_the_expiry() {
 
 #[tokio::test]
 async fn a_server_certificate_for_other_names_fails_start_up_naming_them() {
-    let pki = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("natsplug test CA");
-    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
-    let server = NatsServer::start_with_files(|dir| {
-        let (cert, key) = ca.leaf_with(&["nats.example.com", "10.1.2.3"], 2020, 2100);
-        format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
-            write(dir, "server.pem", &cert).display(),
-            write(dir, "server-key.pem", &key).display()
-        )
-    });
-
-    let error = start_error(&server.url(), |c| {
-        c.nats.tls_ca_file = Some(ca_file.clone());
-    })
-    .await;
+    let (server, error) = tls_start_error(&["nats.example.com", "10.1.2.3"], 2020, 2100).await;
     assert!(
         error.contains(&format!("TLS with NATS at {} failed (", server.url()))
             && error.contains(
@@ -1019,4 +989,26 @@ impl TestCa {
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+}
+
+/// The start-up error of a host that trusts a test CA, against a TLS
+/// server whose certificate from that CA names `names` and is valid from
+/// the start of year `from` to the start of year `until`.
+async fn tls_start_error(names: &[&str], from: i32, until: i32) -> (NatsServer, String) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("natsplug test CA");
+    let ca_file = write(pki.path(), "ca.pem", &ca.cert_pem());
+    let server = NatsServer::start_with_files(|dir| {
+        let (cert, key) = ca.leaf_with(names, from, until);
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            write(dir, "server.pem", &cert).display(),
+            write(dir, "server-key.pem", &key).display()
+        )
+    });
+    let error = start_error(&server.url(), |c| {
+        c.nats.tls_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    (server, error)
 }

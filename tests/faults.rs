@@ -108,6 +108,16 @@ async fn caller_connection(urls: &[String]) -> async_nats::Client {
         .client
 }
 
+/// A chain of `plugin` alone, with the default policy, on a caller
+/// connection to `urls`.
+async fn default_chain(urls: &[String], plugin: &str) -> Chain {
+    Chain::builder(caller_connection(urls).await)
+        .plugin(plugin)
+        .build()
+        .await
+        .expect("building the chain")
+}
+
 /// Which host answered: the value of `x-host`, or the `NAME` of an
 /// `x-host-NAME` header.
 fn answered_by(request: &HttpRequest) -> Option<String> {
@@ -449,11 +459,7 @@ async fn a_host_killed_under_load_costs_bounded_retries_and_fails_no_exchange() 
     let plugins = plugins_dir(&[("header-injector", guests::HEADER_INJECTOR)]);
     let mut first = Host::named(&urls, plugins.path(), "a");
     let _second = Host::named(&urls, plugins.path(), "b");
-    let chain = Chain::builder(caller_connection(&urls).await)
-        .plugin("header-injector")
-        .build()
-        .await
-        .unwrap();
+    let chain = default_chain(&urls, "header-injector").await;
 
     const CALLERS: usize = 8;
     let load = Load::start(&chain, CALLERS, "/");
@@ -733,11 +739,7 @@ async fn a_server_restart_under_load_loses_only_what_the_outage_covered_and_serv
     let urls = vec![server.url()];
     let plugins = plugins_dir(&[("header-injector", guests::HEADER_INJECTOR)]);
     let _host = Host::named(&urls, plugins.path(), "a");
-    let chain = Chain::builder(caller_connection(&urls).await)
-        .plugin("header-injector")
-        .build()
-        .await
-        .unwrap();
+    let chain = default_chain(&urls, "header-injector").await;
     const CALLERS: usize = 8;
     let load = Load::start(&chain, CALLERS, "/");
     load.wait_done(400).await;
