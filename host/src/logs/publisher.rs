@@ -182,7 +182,7 @@ impl LogPublisher {
 
     /// Take note of a publish the server refused, when it was one of the
     /// log records: count it, hold back the subject's records for
-    /// [`REFUSED_HOLD`], and log the first such refusal. Returns whether
+    /// `REFUSED_HOLD`, and log the first such refusal. Returns whether
     /// it was (so it is not logged again elsewhere).
     pub fn refused(&self, violation: &PermissionViolation) -> bool {
         let shared = &self.shared;
