@@ -7,8 +7,8 @@
 //! The directory wins over the bucket for a plugin both hold. A host cut
 //! off from NATS keeps serving what it has.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store::ObjectStore};
@@ -43,12 +43,14 @@ impl BucketSource {
     /// when it cannot (missing bucket, JetStream off), the reason is
     /// logged and the source keeps trying in the background.
     pub async fn start(host: Arc<Host>, bucket: String) -> BucketSource {
+        let stop = host.background().child_token();
         let follower = Follower {
             js: jetstream::new(host.client().clone()),
             host,
             bucket,
+            stop: stop.clone(),
+            retrying: Arc::default(),
         };
-        let stop = follower.host.background().child_token();
         let first = follower.open_and_watch().await;
         let task = tokio::spawn(follower.run(first, stop.clone()));
         BucketSource { stop, task }
@@ -66,19 +68,23 @@ struct Follower {
     js: jetstream::Context,
     host: Arc<Host>,
     bucket: String,
+    stop: CancellationToken,
+    /// Plugins whose object could not be read and that a task is reading
+    /// again with backoff; one such task per plugin.
+    retrying: Arc<Mutex<HashSet<String>>>,
 }
 
 /// An open bucket with a watch started before the last full pass, so no
 /// change in between is missed.
 struct Opened {
-    store: ObjectStore,
+    store: Arc<ObjectStore>,
     watch: jetstream::object_store::Watch,
 }
 
 impl Follower {
     /// Open the bucket, start watching it, then bring every plugin in line.
     async fn open_and_watch(&self) -> anyhow::Result<Opened> {
-        let store = super::open(&self.js, &self.bucket).await?;
+        let store = Arc::new(super::open(&self.js, &self.bucket).await?);
         let watch = tokio::time::timeout(LISTING_TIMEOUT, store.watch())
             .await
             .map_err(|_| silent(&self.bucket, "start a watch"))?
@@ -123,7 +129,6 @@ impl Follower {
                     continue;
                 }
             };
-            let store = Arc::new(store);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -164,21 +169,50 @@ impl Follower {
         }
     }
 
+    /// Bring plugin `name` in line with the bucket in the background. When
+    /// its object cannot be read (a stream electing its leader can leave a
+    /// read unanswered), it is read again with backoff until it can be, or
+    /// the source stops, rather than left to the next periodic comparison.
     fn spawn_sync(&self, store: &Arc<ObjectStore>, name: String) {
         let host = self.host.clone();
         let store = store.clone();
         let bucket = self.bucket.clone();
+        let retrying = self.retrying.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             // Failures to load are logged and recorded by the host.
-            if let Err(SyncError::Read(error)) = sync_plugin(&host, &store, &name).await {
-                tracing::warn!(bucket = %bucket, plugin = %name, "could not read plugin `{name}` from bucket `{bucket}`: {error:#}");
+            let Err(SyncError::Read(error)) = sync_plugin(&host, &store, &name).await else {
+                return;
+            };
+            if !retrying.lock().expect("retry set").insert(name.clone()) {
+                // Another task is already reading it again; each of its
+                // attempts reads the object's latest version.
+                return;
             }
+            let mut wait = Duration::from_secs(1);
+            let mut error = error;
+            loop {
+                tracing::warn!(bucket = %bucket, plugin = %name, "could not read plugin `{name}` from bucket `{bucket}` (retrying in {} s): {error:#}", wait.as_secs());
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match sync_plugin(&host, &store, &name).await {
+                    Err(SyncError::Read(again)) => error = again,
+                    _ => {
+                        tracing::info!(bucket = %bucket, plugin = %name, "read plugin `{name}` from bucket `{bucket}` after retrying");
+                        break;
+                    }
+                }
+                wait = (wait * 2).min(MAX_RETRY);
+            }
+            retrying.lock().expect("retry set").remove(&name);
         });
     }
 
     /// Compare the served plugins with the bucket; `false` (logged) when
     /// the bucket could not be read.
-    async fn resync_logged(&self, store: &ObjectStore) -> bool {
+    async fn resync_logged(&self, store: &Arc<ObjectStore>) -> bool {
         match self.resync(store).await {
             Ok(()) => true,
             Err(error) => {
@@ -190,7 +224,7 @@ impl Follower {
 
     /// Bring every plugin in line with the bucket: load what it holds,
     /// remove what was served from it and is gone.
-    async fn resync(&self, store: &ObjectStore) -> anyhow::Result<()> {
+    async fn resync(&self, store: &Arc<ObjectStore>) -> anyhow::Result<()> {
         let listing = async {
             let mut names = BTreeSet::new();
             let mut list = store
@@ -214,8 +248,9 @@ impl Follower {
             let permits = &permits;
             async move {
                 let _permit = permits.acquire().await;
-                if let Err(SyncError::Read(error)) = sync_plugin(&self.host, store, name).await {
-                    tracing::warn!(bucket = %self.bucket, plugin = %name, "could not read plugin `{name}` from bucket `{}`: {error:#}", self.bucket);
+                if let Err(SyncError::Read(_)) = sync_plugin(&self.host, store, name).await {
+                    // Read again in the background, with backoff.
+                    self.spawn_sync(store, name.clone());
                 }
             }
         });
