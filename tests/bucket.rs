@@ -6,7 +6,6 @@
 //! bucket plugin whose subject the server refuses fails the start.
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,10 +14,11 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use natsplug_protocol::{Action, PhaseReply};
 use natsplug_suite::client::request;
+use natsplug_suite::fleet::{assert_success, bucket_holding, natsplug, push, until_fleet_reports};
 use natsplug_suite::host::install_file;
-use natsplug_suite::nats_server::free_port;
+use natsplug_suite::nats_server::{HOST_LOGIN, free_port, plugin_subjects_denied};
 use natsplug_suite::up::{fleet_metadata, padded_component};
-use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, http_get, natsplug_binary};
+use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, http_get};
 
 /// The two behaviours a plugin named `edge` switches between: the header
 /// injector lets the request through, authz refuses it (no token is
@@ -39,38 +39,6 @@ fn behaviour_of(reply: &PhaseReply) -> Behaviour {
 
 fn content_hash(path: &str) -> String {
     natsplug::plugin::content_hash(&std::fs::read(path).unwrap())
-}
-
-/// Run the `natsplug` command line to completion.
-fn natsplug(args: &[&str]) -> Output {
-    std::process::Command::new(natsplug_binary())
-        .args(args)
-        .output()
-        .expect("running natsplug")
-}
-
-fn assert_success(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "natsplug failed: {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// `natsplug push FILE --name NAME` into bucket `plugins`, creating it.
-fn push(server: &NatsServer, file: &str, name: &str) -> String {
-    assert_success(&natsplug(&[
-        "push",
-        file,
-        "--name",
-        name,
-        "--create",
-        "--nats",
-        &server.url(),
-    ]))
 }
 
 /// A host serving bucket `plugins` (and an empty directory) on `server`.
@@ -98,43 +66,6 @@ fn bucket_host_args<'a>(url: &'a str, plugins: &'a Path, cache: &'a Path) -> Vec
         "--cache-dir",
         cache.to_str().unwrap(),
     ]
-}
-
-/// A client logged in to the server at `url` as `user`.
-async fn connect_as(url: &str, user: &str, password: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .connect(url)
-        .await
-        .unwrap()
-}
-
-/// The login of user `host` of the servers these tests configure.
-const HOST_LOGIN: &[(&str, &str)] = &[
-    ("NATSPLUG_NATS_USER", "host"),
-    ("NATSPLUG_NATS_PASSWORD", "host-secret"),
-];
-
-/// Wait until every one of `hosts` hosts reports `value` for metadata
-/// `key` in `$SRV.INFO`; returns how long it took.
-async fn until_fleet_reports(
-    client: &async_nats::Client,
-    hosts: usize,
-    key: &str,
-    value: Option<&str>,
-) -> Duration {
-    let started = Instant::now();
-    let expected = vec![value.map(str::to_string); hosts];
-    loop {
-        let seen = fleet_metadata(client, hosts, key).await;
-        if seen == expected {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the fleet did not converge on {key} = {value:?} within 30 s: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Wait (at most 10 s) until `counter` reaches `target`.
@@ -180,18 +111,19 @@ async fn send_edge(client: &PhaseClient, id: &str) -> Result<PhaseReply, String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     let server = NatsServer::start_with_args(&["-js"]);
+    let url = server.url();
     let nats = server.connect().await;
     let client = PhaseClient::new(nats.clone());
     let v1 = content_hash(guests::HEADER_INJECTOR);
     let v2 = content_hash(guests::AUTHZ);
 
-    push(&server, guests::HEADER_INJECTOR, "edge");
+    push(&url, guests::HEADER_INJECTOR, "edge", &["--create"]);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let caches: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // The first host also serves /metrics and /readyz.
     let monitor: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let monitor_arg = monitor.to_string();
-    let _hosts: Vec<UpProcess> = (0..3)
+    let hosts: Vec<UpProcess> = (0..3)
         .map(|i| {
             let extra: &[&str] = if i == 0 {
                 &["--monitor", &monitor_arg]
@@ -201,9 +133,10 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
             start_host_with(&server, dirs[i].path(), caches[i].path(), extra)
         })
         .collect();
+    let fleet: Vec<&UpProcess> = hosts.iter().collect();
     // Each host loaded the bucket's plugin before saying it was ready.
-    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1)).await;
-    until_fleet_reports(&nats, 3, "plugin.edge.origin", Some("bucket")).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1), &fleet).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.origin", Some("bucket"), &fleet).await;
     assert_eq!(
         behaviour_of(&send_edge(&client, "first").await.unwrap()),
         Behaviour::Injects
@@ -240,9 +173,9 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
         }));
     }
     until_count(&answered, 20, "replies before the push").await;
-    let pushed = push(&server, guests::AUTHZ, "edge");
+    let pushed = push(&url, guests::AUTHZ, "edge", &["--create"]);
     assert!(pushed.starts_with("pushed edge"), "{pushed}");
-    let took = until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
+    let took = until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2), &fleet).await;
     *switched.lock().unwrap() = Some(Instant::now());
     eprintln!("all three hosts served the pushed version {took:?} after push returned");
     until_count(&answered_after, 20, "replies after the fleet switched").await;
@@ -265,7 +198,7 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
         "a host answered with v1 after the fleet reported v2"
     );
 
-    let status = natsplug(&["status", "--nats", &server.url()]);
+    let status = natsplug(&["status", "--nats", &url], &[]);
     let text = assert_success(&status);
     assert!(text.contains("3/3"), "{text}");
 
@@ -278,8 +211,15 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     let broken = b"\0asm\x0d\0\x01\0 this is not a component".to_vec();
     let broken_hash = natsplug::plugin::content_hash(&broken);
     store.put("edge", &mut broken.as_slice()).await.unwrap();
-    until_fleet_reports(&nats, 3, "plugin.edge.failed_hash", Some(&broken_hash)).await;
-    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
+    until_fleet_reports(
+        &nats,
+        3,
+        "plugin.edge.failed_hash",
+        Some(&broken_hash),
+        &fleet,
+    )
+    .await;
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2), &fleet).await;
     for _ in 0..3 {
         let record = tokio::time::timeout(Duration::from_secs(5), errors.next())
             .await
@@ -314,7 +254,7 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     );
     let (ready, why) = http_get(monitor, "/readyz");
     assert_eq!(ready, 503, "{why}");
-    let status = natsplug(&["status", "--nats", &server.url()]);
+    let status = natsplug(&["status", "--nats", &url], &[]);
     assert_eq!(
         status.status.code(),
         Some(1),
@@ -322,14 +262,14 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
     );
 
     // Rollback puts v2 back: the failure clears everywhere.
-    assert_success(&natsplug(&["rollback", "edge", "--nats", &server.url()]));
-    until_fleet_reports(&nats, 3, "plugin.edge.failed_hash", None).await;
-    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2)).await;
-    assert_success(&natsplug(&["status", "--nats", &server.url()]));
+    assert_success(&natsplug(&["rollback", "edge", "--nats", &url], &[]));
+    until_fleet_reports(&nats, 3, "plugin.edge.failed_hash", None, &fleet).await;
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v2), &fleet).await;
+    assert_success(&natsplug(&["status", "--nats", &url], &[]));
 
     // Rolling back again walks back to v1.
-    assert_success(&natsplug(&["rollback", "edge", "--nats", &server.url()]));
-    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1)).await;
+    assert_success(&natsplug(&["rollback", "edge", "--nats", &url], &[]));
+    until_fleet_reports(&nats, 3, "plugin.edge.hash", Some(&v1), &fleet).await;
     assert_eq!(
         behaviour_of(&send_edge(&client, "after-rollback").await.unwrap()),
         Behaviour::Injects
@@ -339,6 +279,7 @@ async fn a_fleet_follows_pushes_without_failures_and_rolls_back_a_broken_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_host_gets_the_current_set_including_a_large_component() {
     let server = NatsServer::start_with_args(&["-js"]);
+    let url = server.url();
     let nats = server.connect().await;
     let client = PhaseClient::new(nats.clone());
     let files = tempfile::tempdir().unwrap();
@@ -347,9 +288,9 @@ async fn a_late_host_gets_the_current_set_including_a_large_component() {
     let big_file = files.path().join("big.wasm");
     std::fs::write(&big_file, &big).unwrap();
 
-    push(&server, guests::AUTHZ, "edge");
-    push(&server, guests::HEADER_INJECTOR, "edge");
-    push(&server, big_file.to_str().unwrap(), "big");
+    push(&url, guests::AUTHZ, "edge", &["--create"]);
+    push(&url, guests::HEADER_INJECTOR, "edge", &["--create"]);
+    push(&url, big_file.to_str().unwrap(), "big", &["--create"]);
 
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -363,9 +304,9 @@ async fn a_late_host_gets_the_current_set_including_a_large_component() {
         ]
     );
     let big_hash = natsplug::plugin::content_hash(&big);
-    until_fleet_reports(&nats, 1, "plugin.big.hash", Some(&big_hash)).await;
+    until_fleet_reports(&nats, 1, "plugin.big.hash", Some(&big_hash), &[&host]).await;
     let edge_hash = content_hash(guests::HEADER_INJECTOR);
-    until_fleet_reports(&nats, 1, "plugin.edge.hash", Some(&edge_hash)).await;
+    until_fleet_reports(&nats, 1, "plugin.edge.hash", Some(&edge_hash), &[&host]).await;
     let reply = client
         .send("big", &request("request_filter", "big-1", "GET", "/"))
         .await;
@@ -376,8 +317,8 @@ async fn a_late_host_gets_the_current_set_including_a_large_component() {
     );
 
     // `rm` takes a plugin off every host.
-    assert_success(&natsplug(&["rm", "big", "--nats", &server.url()]));
-    until_fleet_reports(&nats, 1, "plugin.big.hash", None).await;
+    assert_success(&natsplug(&["rm", "big", "--nats", &url], &[]));
+    until_fleet_reports(&nats, 1, "plugin.big.hash", None, &[&host]).await;
     let gone = nats
         .request("nylon.plugin.big.request_filter", "".into())
         .await
@@ -390,23 +331,21 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
     let server = NatsServer::start_with_args(&["-js"]);
     let nats = server.connect().await;
     let client = PhaseClient::new(nats.clone());
-    let js = jetstream::new(nats.clone());
-    let store = natsplug::bucket::create(&js, "plugins", 1).await.unwrap();
     let authz = std::fs::read(guests::AUTHZ).unwrap();
-    store.put("edge", &mut authz.as_slice()).await.unwrap();
+    let store = bucket_holding(&nats, "edge", &authz).await;
 
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let file = install_file(plugins.path(), "edge", guests::HEADER_INJECTOR);
     let monitor: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _host = start_host_with(
+    let host = start_host_with(
         &server,
         plugins.path(),
         cache.path(),
         &["--monitor", &monitor.to_string()],
     );
     // Bounded: a loaded machine may take a moment to answer discovery.
-    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("directory")).await;
+    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("directory"), &[&host]).await;
     assert_eq!(
         behaviour_of(&send_edge(&client, "dir").await.unwrap()),
         Behaviour::Injects
@@ -433,7 +372,7 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
 
     // Without the file, the bucket's version serves.
     std::fs::remove_file(&file).unwrap();
-    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("bucket")).await;
+    until_fleet_reports(&nats, 1, "plugin.edge.origin", Some("bucket"), &[&host]).await;
     assert_eq!(
         fleet_metadata(&nats, 1, "plugin.edge.hash").await,
         vec![Some(natsplug::plugin::content_hash(&padded))]
@@ -448,11 +387,9 @@ async fn the_directory_wins_over_the_bucket_until_its_file_goes() {
 async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
     let server = NatsServer::start_with_config(natsplug_suite::nats_server::BUCKET_PERMISSIONS);
     let url = server.url();
-    let deploy = connect_as(&url, "deploy", "deploy-secret").await;
-    let js = jetstream::new(deploy.clone());
-    let store = natsplug::bucket::create(&js, "plugins", 1).await.unwrap();
+    let deploy = server.connect_as("deploy", "deploy-secret").await;
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
-    store.put("edge", &mut injector.as_slice()).await.unwrap();
+    let store = bucket_holding(&deploy, "edge", &injector).await;
 
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -476,6 +413,7 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
         1,
         "plugin.edge.hash",
         Some(&natsplug::plugin::content_hash(&authz)),
+        &[&host],
     )
     .await;
     assert_eq!(
@@ -483,7 +421,7 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
         Behaviour::Refuses
     );
     // The host's user cannot write to the bucket.
-    let host_user = connect_as(&url, "host", "host-secret").await;
+    let host_user = server.connect_as("host", "host-secret").await;
     let host_js = jetstream::new(host_user);
     let host_store = host_js.get_object_store("plugins").await.unwrap();
     let put = tokio::time::timeout(
@@ -502,28 +440,13 @@ async fn read_only_hosts_load_and_follow_what_the_deploy_user_pushes() {
     );
 }
 
-/// Server users: `host` may not subscribe to the subjects of plugin `edge`;
-/// `deploy` may do anything.
-const EDGE_REFUSED: &str = r#"
-jetstream: enabled
-authorization {
-  users: [
-    { user: host, password: host-secret, permissions: { subscribe: { deny: ["nylon.plugin.edge.>"] } } }
-    { user: deploy, password: deploy-secret }
-  ]
-}
-"#;
-
 #[tokio::test]
 async fn a_bucket_plugin_whose_subject_the_server_refuses_fails_up_naming_the_subject() {
-    let server = NatsServer::start_with_config(EDGE_REFUSED);
+    let server = NatsServer::start_with_config(&plugin_subjects_denied("edge"));
     let url = server.url();
-    let deploy = connect_as(&url, "deploy", "deploy-secret").await;
-    let store = natsplug::bucket::create(&jetstream::new(deploy), "plugins", 1)
-        .await
-        .unwrap();
+    let deploy = server.connect_as("deploy", "deploy-secret").await;
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
-    store.put("edge", &mut injector.as_slice()).await.unwrap();
+    bucket_holding(&deploy, "edge", &injector).await;
 
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -548,9 +471,10 @@ async fn a_host_that_was_cut_off_catches_up_after_it_reconnects() {
     // The server drops a client that misses a ping for about two seconds.
     let server =
         NatsServer::start_with_config("jetstream: enabled\nping_interval: \"1s\"\nping_max: 1\n");
+    let url = server.url();
     let nats = server.connect().await;
     let client = PhaseClient::new(nats.clone());
-    push(&server, guests::HEADER_INJECTOR, "edge");
+    push(&url, guests::HEADER_INJECTOR, "edge", &["--create"]);
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut host = start_host(&server, plugins.path(), cache.path());
@@ -562,7 +486,7 @@ async fn a_host_that_was_cut_off_catches_up_after_it_reconnects() {
         .status()
         .unwrap();
     assert!(stop.success());
-    push(&server, guests::AUTHZ, "edge");
+    push(&url, guests::AUTHZ, "edge", &["--create"]);
     // The server drops the frozen host: its subscription goes with it.
     let started = Instant::now();
     loop {
@@ -592,6 +516,7 @@ async fn a_host_that_was_cut_off_catches_up_after_it_reconnects() {
         1,
         "plugin.edge.hash",
         Some(&content_hash(guests::AUTHZ)),
+        &[&host],
     )
     .await;
     assert_eq!(

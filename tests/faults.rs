@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use natsplug::config::NatsConfig;
 use natsplug_client::{Chain, HttpRequest, Phase, PhaseStats, PluginConfig, Verdict};
+use natsplug_suite::fleet::{push, until_fleet_reports};
 use natsplug_suite::host::{install_file, shared_cache_dir};
-use natsplug_suite::up::{fleet_metadata, path_arg};
-use natsplug_suite::{NatsCluster, NatsServer, UpProcess, guests, natsplug_binary};
+use natsplug_suite::up::path_arg;
+use natsplug_suite::{NatsCluster, NatsServer, UpProcess, guests};
 
 // ------------------------------------------------------------ the pieces
 
@@ -644,6 +645,7 @@ async fn a_node_killed_during_a_push_to_an_r3_bucket_leaves_every_host_on_the_pu
     push(
         &urls[0],
         guests::HEADER_INJECTOR,
+        "edge",
         &["--create", "--replicas", "3"],
     );
 
@@ -660,70 +662,38 @@ async fn a_node_killed_during_a_push_to_an_r3_bucket_leaves_every_host_on_the_pu
         })
         .collect();
     let observer = async_nats::connect(urls[0].clone()).await.unwrap();
-    until_fleet_reports(&observer, 3, "plugin.edge.hash", &v1, &_hosts).await;
+    until_fleet_reports(
+        &observer,
+        3,
+        "plugin.edge.hash",
+        Some(&v1),
+        &_hosts.iter().map(|h| &h.process).collect::<Vec<_>>(),
+    )
+    .await;
 
     // The push goes through n1 while n3 dies.
     let pushing = std::thread::spawn({
         let url = urls[0].clone();
-        move || push(&url, guests::AUTHZ, &[])
+        move || push(&url, guests::AUTHZ, "edge", &[])
     });
     cluster.nodes[2].kill();
     let pushed = pushing.join().unwrap();
     assert!(pushed.starts_with("pushed edge"), "{pushed}");
     // The host of n3 fails over to n1 or n2 and catches up there.
-    let took = until_fleet_reports(&observer, 3, "plugin.edge.hash", &v2, &_hosts).await;
+    let took = until_fleet_reports(
+        &observer,
+        3,
+        "plugin.edge.hash",
+        Some(&v2),
+        &_hosts.iter().map(|h| &h.process).collect::<Vec<_>>(),
+    )
+    .await;
     eprintln!("every host served the pushed version {took:?} after the push returned");
     // A host whose watch consumer was on the lost node learns of it when
     // two idle heartbeats (5 s apart) are missed, then reopens the watch;
     // a reopening that the cluster leaves unanswered fails after 5 s and
     // is tried again a second later.
     assert!(took < Duration::from_secs(25), "took {took:?}");
-}
-
-/// `natsplug push FILE --name edge` to bucket `plugins` via `url`.
-fn push(url: &str, file: &str, extra: &[&str]) -> String {
-    let output = std::process::Command::new(natsplug_binary())
-        .args(["push", file, "--name", "edge", "--nats", url])
-        .args(extra)
-        .output()
-        .expect("running natsplug push");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "push failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// Wait (up to 30 s) until `hosts` hosts report `key = value` in
-/// `$SRV.INFO`; how long it took.
-async fn until_fleet_reports(
-    client: &async_nats::Client,
-    hosts: usize,
-    key: &str,
-    value: &str,
-    fleet: &[Host],
-) -> Duration {
-    let started = Instant::now();
-    let expected = vec![Some(value.to_string()); hosts];
-    loop {
-        let seen = fleet_metadata(client, hosts, key).await;
-        if seen == expected {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the hosts did not converge on {key} = {value} within 30 s: {seen:?}; their logs:\n{}",
-            fleet
-                .iter()
-                .map(|h| h.process.log())
-                .collect::<Vec<_>>()
-                .join("\n----\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ------------------------------------------------------------ 4. restart

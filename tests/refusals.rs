@@ -11,28 +11,11 @@ use std::time::{Duration, Instant};
 
 use natsplug_protocol::Action;
 use natsplug_suite::client::request;
+use natsplug_suite::fleet::{assert_success, bucket_holding, natsplug};
 use natsplug_suite::host::deploy_bytes;
-use natsplug_suite::nats_server::free_port;
+use natsplug_suite::nats_server::{DEPLOY_LOGIN, HOST_LOGIN, free_port, plugin_subjects_denied};
 use natsplug_suite::up::host_infos;
-use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, http_get, natsplug_binary};
-
-/// Server users: `host` may do anything but subscribe to the subjects of
-/// plugin `authz`; `deploy` may do anything.
-const AUTHZ_REFUSED: &str = r#"
-jetstream: enabled
-authorization {
-  users: [
-    { user: host, password: host-secret, permissions: { subscribe: { deny: ["nylon.plugin.authz.>"] } } }
-    { user: deploy, password: deploy-secret }
-  ]
-}
-"#;
-
-/// The login of user `host`, for `natsplug up`.
-const HOST_LOGIN: &[(&str, &str)] = &[
-    ("NATSPLUG_NATS_USER", "host"),
-    ("NATSPLUG_NATS_PASSWORD", "host-secret"),
-];
+use natsplug_suite::{NatsServer, PhaseClient, UpProcess, guests, http_get};
 
 /// The subject the server refuses to the host.
 const REFUSED_SUBJECT: &str = "nylon.plugin.authz.request_filter";
@@ -115,14 +98,6 @@ impl Load {
         assert!(failures.is_empty(), "failed requests: {failures:?}");
         self.answered.load(Ordering::Relaxed)
     }
-}
-
-/// A client logged in as `deploy`.
-async fn deploy_client(server: &NatsServer) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password("deploy".into(), "deploy-secret".into())
-        .connect(server.url())
-        .await
-        .unwrap()
 }
 
 /// `natsplug up` as user `host` on `server`, with `/readyz` and `/metrics`
@@ -229,12 +204,12 @@ async fn assert_refused_and_not_served(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_dropped_in_whose_subject_is_refused_is_reported_and_the_others_keep_serving() {
-    let server = NatsServer::start_with_config(AUTHZ_REFUSED);
+    let server = NatsServer::start_with_config(&plugin_subjects_denied("authz"));
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     natsplug_suite::host::install_file(plugins.path(), "header-injector", guests::HEADER_INJECTOR);
     let (host, monitor) = start_up(&server, plugins.path(), cache.path(), &[]);
-    let client = deploy_client(&server).await;
+    let client = server.connect_as("deploy", "deploy-secret").await;
     assert_eq!(http_get(monitor, "/readyz").0, 200);
 
     let load = Load::start(PhaseClient::new(client.clone()), "header-injector");
@@ -263,13 +238,10 @@ async fn a_file_dropped_in_whose_subject_is_refused_is_reported_and_the_others_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_whose_subject_is_refused_is_reported_and_the_others_keep_serving() {
-    let server = NatsServer::start_with_config(AUTHZ_REFUSED);
-    let client = deploy_client(&server).await;
-    let store = natsplug::bucket::create(&async_nats::jetstream::new(client.clone()), "plugins", 1)
-        .await
-        .unwrap();
+    let server = NatsServer::start_with_config(&plugin_subjects_denied("authz"));
+    let client = server.connect_as("deploy", "deploy-secret").await;
     let injector = std::fs::read(guests::HEADER_INJECTOR).unwrap();
-    store.put("edge", &mut injector.as_slice()).await.unwrap();
+    bucket_holding(&client, "edge", &injector).await;
     let plugins = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let (host, monitor) = start_up(
@@ -281,24 +253,17 @@ async fn a_push_whose_subject_is_refused_is_reported_and_the_others_keep_serving
     assert_eq!(http_get(monitor, "/readyz").0, 200);
 
     let load = Load::start(PhaseClient::new(client.clone()), "edge");
-    let pushed = std::process::Command::new(natsplug_binary())
-        .args([
+    assert_success(&natsplug(
+        &[
             "push",
             guests::AUTHZ,
             "--name",
             "authz",
             "--nats",
             &server.url(),
-        ])
-        .args(["--nats-user", "deploy"])
-        .env("NATSPLUG_NATS_PASSWORD", "deploy-secret")
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
+        ],
+        DEPLOY_LOGIN,
+    ));
     until(Duration::from_secs(10), "the refusal logged", async || {
         (!refusal_lines(&host.log()).is_empty()).then_some(())
     })
@@ -314,23 +279,10 @@ async fn a_push_whose_subject_is_refused_is_reported_and_the_others_keep_serving
     eprintln!("{answered} requests answered while the refused plugin was pushed");
 
     // Taken out of the bucket, the host is ready again.
-    let removed = std::process::Command::new(natsplug_binary())
-        .args([
-            "rm",
-            "authz",
-            "--nats",
-            &server.url(),
-            "--nats-user",
-            "deploy",
-        ])
-        .env("NATSPLUG_NATS_PASSWORD", "deploy-secret")
-        .output()
-        .unwrap();
-    assert!(
-        removed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
+    assert_success(&natsplug(
+        &["rm", "authz", "--nats", &server.url()],
+        DEPLOY_LOGIN,
+    ));
     until(Duration::from_secs(10), "ready again", async || {
         (http_get(monitor, "/readyz").0 == 200).then_some(())
     })
@@ -408,12 +360,7 @@ async fn refused_log_records_are_counted_logged_once_and_requests_still_answered
     )
     .await;
 
-    let client = PhaseClient::new(
-        async_nats::ConnectOptions::with_user_and_password("client".into(), "client-secret".into())
-            .connect(server.url())
-            .await
-            .unwrap(),
-    );
+    let client = PhaseClient::new(server.connect_as("client", "client-secret").await);
     send_access(&client, "refused", 40).await;
     // The load event (published, then refused by the server) and the 40
     // call records (held back by the host): 41 refused.

@@ -1,9 +1,11 @@
 //! Test support for the integration tests and benchmarks: the built guest
 //! components, a real `nats-server` per test, hosts started on it, a small
-//! client for phase requests, and for the gateway an HTTP upstream, the
-//! gateway process and an HTTP client.
+//! client for phase requests, a fleet of hosts on the plugin bucket (the
+//! command line that feeds it, waiting for it to converge), and for the
+//! gateway an HTTP upstream, the gateway process and an HTTP client.
 
 pub mod client;
+pub mod fleet;
 pub mod gateway;
 pub mod host;
 pub mod nats_server;

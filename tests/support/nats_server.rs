@@ -1,6 +1,7 @@
 //! Real `nats-server` processes for tests: one on a free port, stopped when
 //! dropped; started from a config file; killed, stopped and restarted on the
-//! same port; and small clusters of them on local ports.
+//! same port; small clusters of them on local ports; and server configs
+//! with users and permissions, with the logins of those users.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,14 @@ impl NatsServer {
         async_nats::connect(self.url())
             .await
             .expect("connecting to the test nats-server")
+    }
+
+    /// A client logged in as `user` with `password`.
+    pub async fn connect_as(&self, user: &str, password: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test nats-server as `{user}`: {e}"))
     }
 
     /// Kill the server at once (SIGKILL), as a crash would.
@@ -360,3 +369,33 @@ authorization {
   ]
 }
 "#;
+
+/// Server users, with JetStream on: `host` may do anything but subscribe
+/// to the subjects of plugin `plugin`; `deploy` may do anything.
+pub fn plugin_subjects_denied(plugin: &str) -> String {
+    format!(
+        r#"
+jetstream: enabled
+authorization {{
+  users: [
+    {{ user: host, password: host-secret, permissions: {{ subscribe: {{ deny: ["nylon.plugin.{plugin}.>"] }} }} }}
+    {{ user: deploy, password: deploy-secret }}
+  ]
+}}
+"#
+    )
+}
+
+/// The environment that logs `natsplug` in as user `host` of
+/// [`BUCKET_PERMISSIONS`] and [`plugin_subjects_denied`].
+pub const HOST_LOGIN: &[(&str, &str)] = &[
+    ("NATSPLUG_NATS_USER", "host"),
+    ("NATSPLUG_NATS_PASSWORD", "host-secret"),
+];
+
+/// The environment that logs `natsplug` in as user `deploy` of
+/// [`BUCKET_PERMISSIONS`] and [`plugin_subjects_denied`].
+pub const DEPLOY_LOGIN: &[(&str, &str)] = &[
+    ("NATSPLUG_NATS_USER", "deploy"),
+    ("NATSPLUG_NATS_PASSWORD", "deploy-secret"),
+];
