@@ -11,9 +11,10 @@
 //! an order that rotates from round to round, so a slow moment of a shared
 //! machine does not fall on one responder only. The table shows the median
 //! over the rounds of throughput, p50 and p99, and the ratios (c)/(a) and
-//! (c)/(b) of the median throughputs; then the host's start-up time (cold
-//! and with a warm compiled cache) and its resident memory idle and under
-//! load. At concurrency 1 the latency is also measured with the three
+//! (c)/(b) of the median throughputs, and each responder's CPU time and
+//! instructions per request with the ratio (c)/(a) of the instructions;
+//! then the host's start-up time (cold and with a warm compiled cache) and
+//! its resident memory idle and under load. At concurrency 1 the latency is also measured with the three
 //! responders taking turns request by request: all three are measured in
 //! the same moments, each idle between two of its requests. The table is
 //! printed and written, with every round, as JSON to
@@ -24,6 +25,21 @@
 //! (default 3), `--concurrency 1,64,256`, `--host-threads N` (the host's
 //! async threads, `TOKIO_WORKER_THREADS`) and `--host-workers N` (its
 //! plugin worker threads, `--workers`); both default to the host's choice.
+//! `--count-event E` counts perf event E instead of instructions in the
+//! instruction columns (e.g. `task-clock`, in ms, to check the counting
+//! against the CPU column where the CPU has no hardware counters).
+//!
+//! `--drive URL SUBJECT PID` sends only the load (`--concurrency N`, one
+//! level, default 64; `--seconds S`) and prints the measurement of process
+//! PID as one JSON line, for `benches/profile.sh`.
+//!
+//! Instructions are counted by `perf stat` (`PERF` names another binary)
+//! attached to each responder's process, its counters enabled and disabled
+//! through its control FIFO right at the edges of the measured window:
+//! user space and kernel, or user space only when the kernel's share is
+//! refused (the table's header says which). Where perf is missing or the
+//! CPU has no counters for it (many virtual machines), a line says why and
+//! the columns show `-`; the rest of the benchmark runs as before.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +63,21 @@ fn main() {
         return responder(&args[position + 1], &args[position + 2]);
     }
     let seconds: f64 = option(&args, "--seconds").map_or(3.0, |s| s.parse().expect("--seconds S"));
+    if let Some(position) = args.iter().position(|a| a == "--drive") {
+        let (url, subject, pid) = (
+            &args[position + 1],
+            &args[position + 2],
+            &args[position + 3],
+        );
+        let concurrency =
+            option(&args, "--concurrency").map_or(64, |s| s.parse().expect("--concurrency N"));
+        return drive(
+            url,
+            subject,
+            pid.parse().expect("--drive URL SUBJECT PID"),
+            (concurrency, Duration::from_secs_f64(seconds)),
+        );
+    }
     let settings = Settings {
         duration: Duration::from_secs_f64(seconds),
         rounds: option(&args, "--rounds").map_or(3, |s| s.parse().expect("--rounds N")),
@@ -57,6 +88,9 @@ fn main() {
             .collect(),
         host_threads: option(&args, "--host-threads").map(|s| s.parse().expect("--host-threads N")),
         host_workers: option(&args, "--host-workers").map(|s| s.parse().expect("--host-workers N")),
+        count_event: option(&args, "--count-event")
+            .unwrap_or("instructions")
+            .to_string(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -76,6 +110,9 @@ struct Settings {
     host_threads: Option<usize>,
     /// The host's plugin worker threads, when set.
     host_workers: Option<usize>,
+    /// The perf event counted per request (`instructions` unless
+    /// `--count-event` says otherwise).
+    count_event: String,
 }
 
 fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -115,6 +152,54 @@ fn responder(kind: &str, url: &str) {
             let _ = client.publish(reply, payload).await;
         }
     });
+}
+
+/// Load only, for a profiler watching the responder: send header-injector
+/// requests to `subject` on `url` from `concurrency` tasks for `duration`,
+/// and print the measurement of responder process `pid` as one JSON line.
+fn drive(url: &str, subject: &str, pid: u32, (concurrency, duration): (usize, Duration)) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // `measure` takes a static subject, as the table's responders have.
+    let subject: &'static str = Box::leak(subject.to_string().into_boxed_str());
+    let measured = runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let counting = Counting::probe("instructions");
+        if let Counting::Off(_) = counting {
+            eprintln!("{}", counting.describe());
+        }
+        measure(
+            &client,
+            ("driven", subject, pid),
+            request_payload(),
+            (concurrency, duration),
+            &counting,
+        )
+        .await
+    });
+    println!("{}", serde_json::to_string(&measured).unwrap());
+}
+
+/// The phase request every responder gets: a `request_filter` request with
+/// 8 headers and a small body.
+fn request_payload() -> bytes::Bytes {
+    protocol::encode_request(&{
+        let mut r = request(
+            "request_filter",
+            "0b8f5e1c-4d7e-4a8e-9d55-2f1c3a7d9e01",
+            "GET",
+            "/api/v1/orders",
+        );
+        r.request.headers = (0..8)
+            .map(|i| (format!("x-header-{i}"), "value".repeat(4)))
+            .collect();
+        r.request.body = Some(b"{\"item\":\"book\",\"quantity\":2}".to_vec());
+        r
+    })
+    .into()
 }
 
 /// The header injector, natively.
@@ -217,6 +302,9 @@ struct Measurement {
     p99_us: f64,
     /// CPU time the responder's process spent per request, user and system.
     cpu_us_per_request: f64,
+    /// Instructions the responder's process executed per request over the
+    /// measured window (see [`Counting`]); `None` when not counted.
+    instructions_per_request: Option<f64>,
 }
 
 /// Send requests to `subject` from `concurrency` tasks for `duration`.
@@ -224,13 +312,21 @@ async fn measure(
     client: &async_nats::Client,
     (responder, subject, pid): (&'static str, &'static str, u32),
     payload: bytes::Bytes,
-    concurrency: usize,
-    duration: Duration,
+    (concurrency, duration): (usize, Duration),
+    counting: &Counting,
 ) -> Measurement {
+    // perf attaches during the warm-up, counting nothing yet.
+    let window = counting.attach(pid);
     // Warm up.
     for _ in 0..200 {
         client.request(subject, payload.clone()).await.unwrap();
     }
+    let window = window.map(|w| {
+        w.and_then(|mut w| {
+            w.start()?;
+            Ok(w)
+        })
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let cpu_before = cpu_time(pid);
     let started = Instant::now();
@@ -256,6 +352,16 @@ async fn measure(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    let instructions = match window.map(|w| w.and_then(Window::stop)) {
+        Some(Ok(count)) => Some(count / latencies.len() as f64),
+        Some(Err(reason)) => {
+            println!(
+                "instructions: not counted for {responder} at concurrency {concurrency}: {reason}"
+            );
+            None
+        }
+        None => None,
+    };
     latencies.sort_unstable();
     let percentile = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
@@ -268,6 +374,7 @@ async fn measure(
         p50_us: percentile(0.50),
         p99_us: percentile(0.99),
         cpu_us_per_request: cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
+        instructions_per_request: instructions,
     }
 }
 
@@ -332,20 +439,7 @@ async fn run(settings: &Settings) {
     }
 
     let client = async_nats::connect(&url).await.unwrap();
-    let payload: bytes::Bytes = protocol::encode_request(&{
-        let mut r = request(
-            "request_filter",
-            "0b8f5e1c-4d7e-4a8e-9d55-2f1c3a7d9e01",
-            "GET",
-            "/api/v1/orders",
-        );
-        r.request.headers = (0..8)
-            .map(|i| (format!("x-header-{i}"), "value".repeat(4)))
-            .collect();
-        r.request.body = Some(b"{\"item\":\"book\",\"quantity\":2}".to_vec());
-        r
-    })
-    .into();
+    let payload = request_payload();
 
     let subjects = [
         ("echo", ECHO_SUBJECT, responders[0].0.id()),
@@ -355,9 +449,20 @@ async fn run(settings: &Settings) {
     let mut rounds = Vec::new();
     let mut summary = Vec::new();
     let mut peak_mib: f64 = idle_mib;
+    let counting = Counting::probe(&settings.count_event);
+    println!("{}", counting.describe());
     println!(
-        "{:>10} {:>11} {:>12} {:>10} {:>10} {:>12} {:>9} {:>9}",
-        "responder", "concurrency", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "c/a", "c/b"
+        "{:>10} {:>11} {:>12} {:>10} {:>10} {:>12} {:>14} {:>9} {:>9} {:>9}",
+        "responder",
+        "concurrency",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "CPU µs/req",
+        counting.header(),
+        "c/a",
+        "c/b",
+        "instr c/a"
     );
     for &concurrency in &settings.levels {
         let mut by_responder: [Vec<Measurement>; 3] = Default::default();
@@ -381,8 +486,8 @@ async fn run(settings: &Settings) {
                     &client,
                     subjects[which],
                     payload.clone(),
-                    concurrency,
-                    duration,
+                    (concurrency, duration),
+                    &counting,
                 )
                 .await;
                 if let Some(sampler) = sampler {
@@ -393,24 +498,35 @@ async fn run(settings: &Settings) {
         }
         let [echo, native, hosted] = by_responder.each_ref().map(|m| median_of(m));
         for m in [&echo, &native, &hosted] {
-            let (ca, cb) = if m.responder == "natsplug" {
+            let (ca, cb, instructions_ca) = if m.responder == "natsplug" {
                 (
                     format!("{:.2}", hosted.throughput / echo.throughput),
                     format!("{:.2}", hosted.throughput / native.throughput),
+                    hosted
+                        .instructions_per_request
+                        .zip(echo.instructions_per_request)
+                        .map_or("-".into(), |(c, a)| format!("{:.2}", c / a)),
                 )
             } else {
-                (String::new(), String::new())
+                (String::new(), String::new(), String::new())
             };
             println!(
-                "{:>10} {:>11} {:>12.0} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>9}",
+                "{:>10} {:>11} {:>12.0} {:>10.1} {:>10.1} {:>12.1} {:>14} {:>9} {:>9} {:>9}",
                 m.responder,
                 m.concurrency,
                 m.throughput,
                 m.p50_us,
                 m.p99_us,
                 m.cpu_us_per_request,
+                m.instructions_per_request
+                    .map_or("-".into(), |i| if i < 100.0 {
+                        format!("{i:.4}")
+                    } else {
+                        format!("{i:.0}")
+                    }),
                 ca,
-                cb
+                cb,
+                instructions_ca
             );
         }
         summary.extend([echo, native, hosted]);
@@ -446,6 +562,13 @@ async fn run(settings: &Settings) {
         "rounds": settings.rounds,
         "host_threads": settings.host_threads,
         "host_workers": settings.host_workers,
+        "counting": match &counting {
+            Counting::On { event, user_only } => serde_json::json!({
+                "event": event,
+                "scope": if *user_only { "user" } else { "user+kernel" },
+            }),
+            Counting::Off(reason) => serde_json::json!({ "not_counted": reason }),
+        },
         "results": summary,
         "every_round": rounds,
         "interleaved_concurrency_1": interleaved
@@ -481,5 +604,306 @@ fn median_of(rounds: &[Measurement]) -> Measurement {
         p50_us: median(|m| m.p50_us),
         p99_us: median(|m| m.p99_us),
         cpu_us_per_request: median(|m| m.cpu_us_per_request),
+        instructions_per_request: rounds
+            .iter()
+            .map(|m| m.instructions_per_request)
+            .collect::<Option<Vec<f64>>>()
+            .map(|mut values| {
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            }),
+    }
+}
+
+/// How the responders' instructions are counted: by `perf stat` attached
+/// to the responder's process (every thread, and the threads they start),
+/// its counters enabled just before a measured window and disabled just
+/// after, through its control FIFO, so the count covers exactly the
+/// window. `Off` holds why nothing is counted.
+#[derive(Debug, Clone)]
+enum Counting {
+    On {
+        /// The event as given to `perf stat`, e.g. `instructions` or
+        /// `instructions:u`.
+        event: String,
+        /// `true` when the kernel's share is not counted.
+        user_only: bool,
+    },
+    Off(String),
+}
+
+impl Counting {
+    /// Find out whether `perf stat` counts `event` here, with the kernel's
+    /// share if it may, else user space only.
+    fn probe(event: &str) -> Counting {
+        let first = match probe_event(event) {
+            Ok(counting) => return counting,
+            Err(reason) => reason,
+        };
+        if !event.contains(':')
+            && let Ok(counting) = probe_event(&format!("{event}:u"))
+        {
+            return counting;
+        }
+        if first.contains("<not supported>") || first.contains("not installed") {
+            return Counting::Off(first);
+        }
+        // Otherwise most likely refused: say what the kernel allows.
+        let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+            .map_or_else(|_| "unreadable".into(), |v| v.trim().to_string());
+        Counting::Off(format!("{first} (kernel.perf_event_paranoid = {paranoid})"))
+    }
+
+    /// Column header: the count and what it includes.
+    fn header(&self) -> String {
+        match self {
+            Counting::On { event, user_only } => {
+                let base = event.split(':').next().unwrap_or(event);
+                let name = if base == "instructions" {
+                    "instr"
+                } else {
+                    base
+                };
+                format!("{name}/req {}", if *user_only { "u" } else { "u+k" })
+            }
+            Counting::Off(_) => "instr/req".into(),
+        }
+    }
+
+    /// One line saying what the instruction columns hold.
+    fn describe(&self) -> String {
+        match self {
+            Counting::On { event, user_only } => format!(
+                "instructions: counted by `perf stat -e {event}` over each measured window, {}",
+                if *user_only {
+                    "user space only (the kernel's share was refused)"
+                } else {
+                    "user space and kernel"
+                }
+            ),
+            Counting::Off(reason) => format!("instructions: not counted: {reason}"),
+        }
+    }
+
+    /// Attach a counter, disabled, to process `pid`; `None` when counting
+    /// is off.
+    fn attach(&self, pid: u32) -> Option<Result<Window, String>> {
+        match self {
+            Counting::On { event, .. } => Some(Window::attach(event, pid)),
+            Counting::Off(_) => None,
+        }
+    }
+}
+
+/// The `perf` binary: `PERF` or `perf` on the path.
+fn perf_binary() -> String {
+    std::env::var("PERF").unwrap_or_else(|_| "perf".into())
+}
+
+/// Count `event` over `true` to learn whether it can be counted at all.
+fn probe_event(event: &str) -> Result<Counting, String> {
+    let output = Command::new(perf_binary())
+        .args(["stat", "-x,", "-e", event, "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "`perf` is not installed (Debian: `apt-get install linux-perf`; or set PERF)"
+                    .to_string()
+            } else {
+                format!("running `perf`: {e}")
+            }
+        })?;
+    let text = String::from_utf8_lossy(&output.stderr);
+    match perf_count(&text, event) {
+        Ok(_) => Ok(Counting::On {
+            event: event.into(),
+            user_only: perf_event_names(&text, event)
+                .iter()
+                .all(|n| n.contains(":u")),
+        }),
+        Err(value) if value == "<not supported>" => Err(format!(
+            "perf stat reports `{event}` as {value}: the CPU's hardware counters are not \
+             available here (no PMU, as in a virtual machine without a virtual one)"
+        )),
+        Err(value) if value.starts_with('<') => {
+            Err(format!("perf stat reports `{event}` as {value}"))
+        }
+        Err(_) => Err(format!(
+            "`perf stat -e {event}` failed: {}",
+            text.lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output")
+                .trim()
+        )),
+    }
+}
+
+/// The names in `perf stat -x,` output that stand for `event`: the event
+/// itself, with a modifier (`instructions:u`) or per PMU of a hybrid CPU
+/// (`cpu_core/instructions/`).
+fn perf_event_names(output: &str, event: &str) -> Vec<String> {
+    let base = |name: &str| -> String {
+        let name = name.trim().trim_end_matches('/');
+        let name = name.rsplit('/').next().unwrap_or(name);
+        name.split(':').next().unwrap_or(name).to_string()
+    };
+    output
+        .lines()
+        .filter_map(|line| line.split(',').nth(2))
+        .filter(|name| base(name) == base(event))
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// The count of `event` in `perf stat -x,` output, summed over the PMUs
+/// of a hybrid CPU; `Err` holds what perf printed instead of a number
+/// (`<not supported>`, `<not counted>`) or says it printed nothing.
+fn perf_count(output: &str, event: &str) -> Result<f64, String> {
+    let names = perf_event_names(output, event);
+    let mut total = None;
+    for line in output.lines() {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() < 3 || !names.iter().any(|n| n == fields[2].trim()) {
+            continue;
+        }
+        match fields[0].trim().parse::<f64>() {
+            Ok(value) => *total.get_or_insert(0.0) += value,
+            Err(_) => return Err(fields[0].trim().to_string()),
+        }
+    }
+    total.ok_or_else(|| format!("no count of `{event}` in perf's output"))
+}
+
+/// A `perf stat` attached to one process, counting only between
+/// [`Window::start`] and [`Window::stop`].
+struct Window {
+    perf: Child,
+    /// Commands to perf (`enable`, `disable`).
+    control: std::fs::File,
+    /// perf's `ack` after each command, read without blocking.
+    acks: std::fs::File,
+    event: String,
+    dir: tempfile::TempDir,
+}
+
+impl Window {
+    /// Start `perf stat -e event -p pid` with its counters disabled.
+    fn attach(event: &str, pid: u32) -> Result<Window, String> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+        let (control, acks) = (dir.path().join("control"), dir.path().join("acks"));
+        for fifo in [&control, &acks] {
+            let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?;
+            // SAFETY: `path` is a NUL-terminated string that outlives the call.
+            if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } != 0 {
+                return Err(format!(
+                    "mkfifo {}: {}",
+                    fifo.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        let stderr = std::fs::File::create(dir.path().join("stderr")).map_err(|e| e.to_string())?;
+        let perf = Command::new(perf_binary())
+            .args([
+                "stat",
+                "-x,",
+                "--delay",
+                "-1",
+                "-e",
+                event,
+                "-p",
+                &pid.to_string(),
+            ])
+            .arg("--control")
+            .arg(format!("fifo:{},{}", control.display(), acks.display()))
+            .arg("-o")
+            .arg(dir.path().join("counts"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting perf stat: {e}"))?;
+        // Read and write ends open without waiting for perf to open its own.
+        let open = |path: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))
+        };
+        Ok(Window {
+            perf,
+            control: open(&control)?,
+            acks: open(&acks)?,
+            event: event.into(),
+            dir,
+        })
+    }
+
+    /// Enable the counters; returns once perf says they are.
+    fn start(&mut self) -> Result<(), String> {
+        self.command("enable")
+    }
+
+    /// Disable the counters, stop perf and return the count.
+    fn stop(mut self) -> Result<f64, String> {
+        self.command("disable")?;
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.perf.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.perf.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() > deadline {
+                return Err("perf stat did not exit within 10 s of SIGINT".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let counts = std::fs::read_to_string(self.dir.path().join("counts")).unwrap_or_default();
+        perf_count(&counts, &self.event).map_err(|e| format!("perf stat: {e}"))
+    }
+
+    /// Send `command` and wait (at most 10 s) for perf's `ack`.
+    fn command(&mut self, command: &str) -> Result<(), String> {
+        use std::io::{Read as _, Write as _};
+        self.control
+            .write_all(format!("{command}\n").as_bytes())
+            .map_err(|e| format!("writing to perf's control FIFO: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut answer = Vec::new();
+        loop {
+            let mut buffer = [0u8; 64];
+            match self.acks.read(&mut buffer) {
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("reading perf's acks: {e}")),
+            }
+            if answer.windows(3).any(|w| w == b"ack") {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.perf.try_wait() {
+                let stderr =
+                    std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+                return Err(format!(
+                    "perf stat exited ({status}) before `{command}`: {}",
+                    stderr.lines().next().unwrap_or("no output").trim()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "perf stat did not acknowledge `{command}` within 10 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        let _ = self.perf.kill();
+        let _ = self.perf.wait();
     }
 }

@@ -101,9 +101,14 @@ fn plugin_benches(c: &mut Criterion) {
             &PluginSettings::default(),
         )
         .unwrap();
-    call_benches(c, &injector, &payload, &config, |reply| {
-        reply.request_headers.as_ref().map(|h| h.set.len()) == Some(2)
-    });
+    call_benches(
+        c,
+        "header-injector",
+        &injector,
+        &payload,
+        &config,
+        |reply| reply.request_headers.as_ref().map(|h| h.set.len()) == Some(2),
+    );
 
     // The token the typical request carries: the request is let through.
     let authz = loader
@@ -113,7 +118,41 @@ fn plugin_benches(c: &mut Criterion) {
             &with_config("token", "s3cret"),
         )
         .unwrap();
-    call_benches(c, &authz, &payload, &config, |reply| {
+    call_benches(c, "authz", &authz, &payload, &config, |reply| {
+        reply.request_headers.as_ref().map(|h| h.remove.as_slice())
+            == Some(&["authorization".to_string()][..])
+    });
+
+    // The same two examples built against contract 0.1.0 (the test
+    // fixtures), for the cost of the older contract's calls.
+    let fixture = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/contract-0.1.0")
+            .join(format!("{name}.wasm"))
+    };
+    let injector_0_1 = loader
+        .load_bytes(
+            "header-injector",
+            &std::fs::read(fixture("header-injector")).unwrap(),
+            &PluginSettings::default(),
+        )
+        .unwrap();
+    call_benches(
+        c,
+        "header-injector-0.1.0",
+        &injector_0_1,
+        &payload,
+        &config,
+        |reply| reply.request_headers.as_ref().map(|h| h.set.len()) == Some(2),
+    );
+    let authz_0_1 = loader
+        .load_bytes(
+            "authz",
+            &std::fs::read(fixture("authz")).unwrap(),
+            &with_config("token", "s3cret"),
+        )
+        .unwrap();
+    call_benches(c, "authz-0.1.0", &authz_0_1, &payload, &config, |reply| {
         reply.request_headers.as_ref().map(|h| h.remove.as_slice())
             == Some(&["authorization".to_string()][..])
     });
@@ -137,7 +176,7 @@ fn plugin_benches(c: &mut Criterion) {
         started.elapsed().as_secs_f64(),
         shared_cache_dir().display()
     );
-    call_benches(c, &rewriter, &payload, &config, |reply| {
+    call_benches(c, "js-rewriter", &rewriter, &payload, &config, |reply| {
         reply.path.as_deref() == Some("/v2/orders?expand=items")
     });
 }
@@ -147,12 +186,12 @@ fn plugin_benches(c: &mut Criterion) {
 /// that `expected` holds for its reply.
 fn call_benches(
     c: &mut Criterion,
+    name: &str,
     plugin: &LoadedPlugin,
     payload: &[u8],
     config: &HostConfig,
     expected: impl Fn(&PhaseReply) -> bool,
 ) {
-    let name = &plugin.name;
     let mut reuse = CallSettings::from_runtime(&config.runtime, 1 << 20);
     reuse.max_calls_per_instance = u64::MAX;
     let fresh = CallSettings {

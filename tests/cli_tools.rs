@@ -517,17 +517,42 @@ async fn invoke_prints_the_log_records_the_host_would_emit() {
 fn inspect_reports_each_example() {
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().to_str().unwrap();
+    // (path, name, phase, exported interface, the contract interfaces it
+    // imports): header-injector reads its config in `init`, so it calls no
+    // host function and its component does not import `host`.
+    let types = "natsplug:plugin/types@0.2.0";
+    let host = "natsplug:plugin/host@0.2.0";
     let examples = [
-        (guests::HEADER_INJECTOR, "header_injector", "request_filter"),
-        (guests::AUTHZ, "authz", "request_filter"),
+        (
+            guests::HEADER_INJECTOR,
+            "header_injector",
+            "request_filter",
+            "natsplug:plugin/request-filter@0.2.0",
+            vec![types],
+        ),
+        (
+            guests::AUTHZ,
+            "authz",
+            "request_filter",
+            "natsplug:plugin/request-filter@0.2.0",
+            vec![host, types],
+        ),
         (
             guests::BODY_REDACTOR,
             "body_redactor",
             "response_body_filter",
+            "natsplug:plugin/response-body-filter@0.2.0",
+            vec![host, types],
         ),
-        (guests::ACCESS_LOGGER, "access_logger", "logging"),
+        (
+            guests::ACCESS_LOGGER,
+            "access_logger",
+            "logging",
+            "natsplug:plugin/logging@0.2.0",
+            vec![host, types],
+        ),
     ];
-    for (path, name, phase) in examples {
+    for (path, name, phase, interface, contract_imports) in examples {
         let report = json_of(&natsplug([
             "inspect",
             path,
@@ -540,26 +565,33 @@ fn inspect_reports_each_example() {
         assert_eq!(report["phases"], json!([phase]), "{name}");
         assert_eq!(report["version"], "1.0.0");
         assert_eq!(report["wit"]["matches"], true);
+        assert_eq!(report["wit"]["plugin"], "natsplug:plugin@0.2.0");
+        assert_eq!(
+            report["wit"]["host"],
+            json!(["natsplug:plugin@0.2.0", "natsplug:plugin@0.1.0"])
+        );
         assert_eq!(
             report["wit"]["summary"],
-            "natsplug:plugin@0.1.0 (matches this host)"
+            "natsplug:plugin@0.2.0 (this host serves 0.2.0 and 0.1.0)"
         );
         assert_eq!(report["size"], bytes.len());
         assert_eq!(
             report["content_hash"],
             natsplug::plugin::content_hash(&bytes)
         );
-        assert_eq!(report["exports"], json!(["natsplug:plugin/handler@0.1.0"]));
+        assert_eq!(
+            report["exports"],
+            json!(["natsplug:plugin/init@0.2.0", interface]),
+            "{name}"
+        );
         let imports: Vec<&str> = report["imports"]
             .as_array()
             .unwrap()
             .iter()
             .map(|i| i.as_str().unwrap())
+            .filter(|i| i.starts_with("natsplug:"))
             .collect();
-        assert!(
-            imports.contains(&"natsplug:plugin/host@0.1.0"),
-            "{imports:?}"
-        );
+        assert_eq!(imports, contract_imports, "{name}");
         assert_eq!(report["cache"]["cached"], false);
         assert_eq!(report["loads"], true);
         assert_eq!(report["error"], Value::Null);
@@ -581,7 +613,7 @@ fn inspect_reports_each_example() {
     let bytes = std::fs::read(guests::AUTHZ).unwrap();
     let expected_head = format!(
         "file:     {}\nplugin:   authz\nversion:  1.0.0\nphases:   request_filter\n\
-         wit:      natsplug:plugin@0.1.0 (matches this host)\nsize:     {} bytes\nsha256:   {}\ncached:   yes, in {}/",
+         wit:      natsplug:plugin@0.2.0 (this host serves 0.2.0 and 0.1.0)\nsize:     {} bytes\nsha256:   {}\ncached:   yes, in {}/",
         guests::AUTHZ,
         bytes.len(),
         natsplug::plugin::content_hash(&bytes),
@@ -589,7 +621,10 @@ fn inspect_reports_each_example() {
     );
     assert!(text.starts_with(&expected_head), "{text}");
     assert!(
-        text.contains("\nexports:\n  natsplug:plugin/handler@0.1.0\nimports:\n"),
+        text.contains(
+            "\nexports:\n  natsplug:plugin/init@0.2.0\n  natsplug:plugin/request-filter@0.2.0\n\
+             imports:\n  natsplug:plugin/host@0.2.0\n  natsplug:plugin/types@0.2.0\n"
+        ),
         "{text}"
     );
 }
@@ -629,15 +664,16 @@ fn inspect_rejects_what_is_not_a_component() {
         )
     );
 
-    // A component built against another version of the contract.
+    // A component built against a version of the contract this host does
+    // not serve (a future one).
     let other = dir.path().join("future.wasm");
     let component = wat::parse_str(
         r#"(component
             (core module $m (func (export "f")))
             (core instance $i (instantiate $m))
-            (func $describe (canon lift (core func $i "f")))
-            (instance $handler (export "describe" (func $describe)))
-            (export "natsplug:plugin/handler@0.2.0" (instance $handler)))"#,
+            (func $filter (canon lift (core func $i "f")))
+            (instance $phase (export "request-filter" (func $filter)))
+            (export "natsplug:plugin/request-filter@0.3.0" (instance $phase)))"#,
     )
     .unwrap();
     std::fs::write(&other, component).unwrap();
@@ -650,14 +686,20 @@ fn inspect_rejects_what_is_not_a_component() {
     assert!(!output.status.success());
     let text = stdout(&output);
     assert!(
-        text.contains("\nphases:   (unknown: the plugin does not load)\nwit:      mismatch: the plugin exports natsplug:plugin/handler@0.2.0, this host serves natsplug:plugin/handler@0.1.0\n"),
+        text.contains(
+            "\nphases:   (unknown: the plugin does not load)\n\
+             wit:      mismatch: the plugin targets no contract this host serves (0.2.0 and 0.1.0)\n"
+        ),
         "{text}"
     );
-    assert_eq!(
-        stderr(&output).trim_end(),
-        "error: plugin `future` exports `natsplug:plugin/handler@0.2.0` but this host serves \
-         `natsplug:plugin/handler@0.1.0`: rebuild the plugin against the WIT package natsplug:plugin@0.1.0"
+    assert!(
+        text.ends_with("\nexports:\n  natsplug:plugin/request-filter@0.3.0\nimports:\n"),
+        "{text}"
     );
+    let error = "plugin `future` exports `natsplug:plugin/request-filter@0.3.0`, a version of the \
+                 contract this host does not serve (it serves natsplug:plugin@0.2.0 and @0.1.0): \
+                 rebuild the plugin against natsplug:plugin@0.2.0";
+    assert_eq!(stderr(&output).trim_end(), format!("error: {error}"));
     let output = natsplug([
         "inspect",
         other.to_str().unwrap(),
@@ -668,9 +710,15 @@ fn inspect_rejects_what_is_not_a_component() {
     assert!(!output.status.success());
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["wit"]["matches"], false);
+    assert_eq!(report["wit"]["plugin"], Value::Null);
+    assert_eq!(report["wit"]["error"], error);
     assert_eq!(report["loads"], false);
+    assert_eq!(report["error"], error);
     assert_eq!(report["phases"], json!([]));
-    assert_eq!(report["exports"], json!(["natsplug:plugin/handler@0.2.0"]));
+    assert_eq!(
+        report["exports"],
+        json!(["natsplug:plugin/request-filter@0.3.0"])
+    );
 }
 
 /// Slow: builds the scaffolded project for wasm32-wasip2 (its dependencies
@@ -708,7 +756,16 @@ fn new_scaffolds_a_plugin_that_builds_and_loads() {
         lib.contains("#[natsplug_sdk::plugin]\nimpl Plugin for HelloPlugin {"),
         "{lib}"
     );
-    assert!(lib.contains("fn request_filter("), "{lib}");
+    assert!(
+        lib.contains("    fn init(config: Vec<(String, String)>) -> Result<(), String> {\n"),
+        "{lib}"
+    );
+    assert!(
+        lib.contains(
+            "    fn request_filter(ctx: Context, request: Request) -> RequestDecision {\n"
+        ),
+        "{lib}"
+    );
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
     assert!(
         readme.contains("cargo build --target wasm32-wasip2 --release"),
@@ -765,6 +822,14 @@ fn new_scaffolds_a_plugin_that_builds_and_loads() {
     assert_eq!(report["phases"], json!(["request_filter"]));
     assert_eq!(report["version"], "0.1.0");
     assert_eq!(report["wit"]["matches"], true);
+    assert_eq!(report["wit"]["plugin"], "natsplug:plugin@0.2.0");
+    assert_eq!(
+        report["exports"],
+        json!([
+            "natsplug:plugin/init@0.2.0",
+            "natsplug:plugin/request-filter@0.2.0"
+        ])
+    );
     assert_eq!(report["loads"], true);
 
     let output = natsplug([

@@ -80,7 +80,7 @@ fn push_refuses_what_a_host_cannot_load_before_anything_reaches_nats() {
     assert_eq!(
         stderr(&refused),
         format!(
-            "error: {} is not a plugin a host can load; nothing was pushed: plugin `empty` does not export `natsplug:plugin/handler@0.1.0` (it exports nothing): a plugin targets the `plugin` world of natsplug:plugin@0.1.0\n",
+            "error: {} is not a plugin a host can load; nothing was pushed: plugin `empty` exports no phase of natsplug:plugin@0.2.0 (it exports nothing): a plugin exports the interface of each phase it implements, e.g. `natsplug:plugin/request-filter@0.2.0`\n",
             empty.display()
         )
     );

@@ -1,7 +1,10 @@
 //! The plugins written in other languages, end to end: the Python validator
 //! (componentize-py) and the JavaScript path rewriter (componentize-js),
 //! served by a host on a real nats-server, with exact assertions on the
-//! replies.
+//! replies. Both are built against contract natsplug:plugin@0.2.0 from a
+//! world of their own that exports only `init` and `request-filter`; the
+//! tests check that with `natsplug inspect`, and that each `init` refuses a
+//! bad configuration, failing the load.
 //!
 //! Cargo does not build these components: `examples/build-polyglot.sh` does,
 //! into `target/guests/polyglot/`. A missing component fails the test.
@@ -10,13 +13,15 @@
 //! quoted in the examples' READMEs:
 //! `cargo test -p natsplug-suite --release --test polyglot -- --ignored --nocapture measure`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use natsplug::logs::{LogLevel, LogValue};
 use natsplug_protocol::{Action, HeaderMutations, PhaseReply, PhaseRequest};
 use natsplug_suite::client::request;
-use natsplug_suite::{NatsServer, PhaseClient, TestHost};
+use natsplug_suite::host::{install_file, shared_cache_dir};
+use natsplug_suite::{NatsServer, PhaseClient, TestHost, natsplug_binary};
+use serde_json::{Value, json};
 
 /// The built component `<name>.wasm`, or a failure saying how to build it.
 fn polyglot_component(name: &str) -> String {
@@ -79,12 +84,102 @@ fn assert_answer(reply: &PhaseReply, request_id: &str, status: u16, body: &str) 
     assert_eq!(reply.path, None);
 }
 
+/// `natsplug inspect --json` of `component`, looked up in the test cache (a
+/// host of the test loaded it already, so it is not compiled again).
+async fn inspect(natsplug: &Path, component: &str) -> Value {
+    let output = tokio::process::Command::new(natsplug)
+        .args(["inspect", component, "--json", "--cache-dir"])
+        .arg(shared_cache_dir())
+        .output()
+        .await
+        .expect("running natsplug inspect");
+    assert!(
+        output.status.success(),
+        "natsplug inspect {component} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("inspect prints JSON")
+}
+
+/// What `natsplug inspect` says of a polyglot example: contract 0.2.0, the
+/// exports `exports` exactly, its version, the one phase it serves, and
+/// imports of the 0.2.0 host interface only.
+fn assert_contract_0_2(report: &Value, name: &str, exports: &[&str]) {
+    assert_eq!(report["name"], name);
+    assert_eq!(report["wit"]["plugin"], "natsplug:plugin@0.2.0", "{report}");
+    assert_eq!(report["wit"]["matches"], true);
+    assert_eq!(report["exports"], json!(exports), "{name}");
+    assert_eq!(report["phases"], json!(["request_filter"]), "{name}");
+    assert_eq!(
+        report["version"], "1.0.0",
+        "{name}: the version `init` reports"
+    );
+    let natsplug_imports: Vec<&str> = report["imports"]
+        .as_array()
+        .expect("an imports list")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|import| import.starts_with("natsplug:"))
+        .collect();
+    assert_eq!(
+        natsplug_imports,
+        ["natsplug:plugin/host@0.2.0", "natsplug:plugin/types@0.2.0"],
+        "{name}"
+    );
+    assert_eq!(report["loads"], true);
+    assert_eq!(report["error"], Value::Null);
+}
+
+/// Copy `component` into the host's plugins directory under each name of
+/// `names` and load the directory again: the load failures, by plugin name,
+/// in name order, as the host reports them.
+async fn load_more(host: &TestHost, component: &str, names: &[&str]) -> Vec<(String, String)> {
+    for name in names {
+        install_file(host.plugins_dir(), name, component);
+    }
+    let mut failures: Vec<(String, String)> = host
+        .host
+        .load_directory()
+        .await
+        .expect("listing the plugins directory")
+        .into_iter()
+        .map(|(path, error)| {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, format!("{error:#}"))
+        })
+        .collect();
+    failures.sort();
+    failures
+}
+
+/// Every error record the host emitted for plugin `name`.
+fn error_records(host: &TestHost, name: &str) -> Vec<String> {
+    host.host_records_with_level(LogLevel::Error)
+        .into_iter()
+        .filter(|r| r.plugin == name)
+        .map(|r| r.message)
+        .collect()
+}
+
+/// The record the host emits when file `component`, deployed as `name`,
+/// failed to load with `error`.
+fn load_failure_record(component: &str, name: &str, error: &str) -> String {
+    let hash = natsplug::plugin::content_hash(&std::fs::read(component).unwrap());
+    format!(
+        "plugin `{name}` version {} from the plugins directory failed to load: {error}",
+        &hash[..12]
+    )
+}
+
 #[tokio::test]
 async fn python_validator_checks_json_bodies() {
     let component = polyglot_component("python-validator");
+    let natsplug = natsplug_binary();
     let server = NatsServer::start();
     // The same component twice: with the built-in schema, and with one from
     // its config (the second load comes from the compiled-artifact cache).
+    // Two more names get a bad schema; they are loaded at the end.
     let host = TestHost::start(
         &server.url(),
         &[
@@ -105,6 +200,17 @@ async fn python_validator_checks_json_bodies() {
                         "additionalProperties": false}"#
                         .into(),
                 );
+            for (name, schema) in [
+                ("array-schema", r#"[{"type": "object"}]"#),
+                ("broken-schema", r#"{"type": "object""#),
+            ] {
+                config
+                    .plugin
+                    .entry(name.into())
+                    .or_default()
+                    .config
+                    .insert("schema".into(), schema.into());
+            }
         },
     )
     .await;
@@ -114,6 +220,18 @@ async fn python_validator_checks_json_bodies() {
             "nylon.plugin.python-validator.request_filter".to_string(),
             "nylon.plugin.sku-validator.request_filter".to_string(),
         ]
+    );
+    // componentize-py leaves its own build-time interface, `exports` (the
+    // initialiser it runs while building), in every component it makes; the
+    // host ignores it.
+    assert_contract_0_2(
+        &inspect(&natsplug, &component).await,
+        "python-validator",
+        &[
+            "exports",
+            "natsplug:plugin/init@0.2.0",
+            "natsplug:plugin/request-filter@0.2.0",
+        ],
     );
     let client = PhaseClient::new(server.connect().await);
 
@@ -284,19 +402,52 @@ async fn python_validator_checks_json_bodies() {
             ("reasons".to_string(), LogValue::Integer(2)),
         ]
     );
+
+    // A schema that is not a JSON object is refused by `init`: the load
+    // fails, saying why, and the plugin is not served.
+    let failures = load_more(&host, &component, &["array-schema", "broken-schema"]).await;
+    let refusals = [
+        (
+            "array-schema",
+            "plugin `array-schema` refused its configuration in `init`: \
+             config `schema` must be a JSON object, not array",
+        ),
+        (
+            "broken-schema",
+            "plugin `broken-schema` refused its configuration in `init`: \
+             config `schema` is not valid JSON: Expecting ',' delimiter: line 1 column 18 (char 17)",
+        ),
+    ];
+    assert_eq!(
+        failures,
+        refusals.map(|(name, refusal)| (name.to_string(), refusal.to_string()))
+    );
+    for (name, refusal) in refusals {
+        assert_eq!(
+            error_records(&host, name),
+            [load_failure_record(&component, name, refusal)],
+            "one error record for {name}"
+        );
+    }
+    assert_eq!(
+        host.host.subjects().await,
+        vec![
+            "nylon.plugin.python-validator.request_filter".to_string(),
+            "nylon.plugin.sku-validator.request_filter".to_string(),
+        ]
+    );
     host.host.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn js_rewriter_rewrites_paths_by_its_table() {
     let component = polyglot_component("js-rewriter");
+    let natsplug = natsplug_binary();
     let server = NatsServer::start();
+    // `js-rewriter-broken`, with a malformed table, is loaded at the end.
     let host = TestHost::start(
         &server.url(),
-        &[
-            ("js-rewriter", component.as_str()),
-            ("js-rewriter-broken", component.as_str()),
-        ],
+        &[("js-rewriter", component.as_str())],
         |config| {
             config
                 .plugin
@@ -316,6 +467,18 @@ async fn js_rewriter_rewrites_paths_by_its_table() {
         },
     )
     .await;
+    assert_eq!(
+        host.host.subjects().await,
+        vec!["nylon.plugin.js-rewriter.request_filter".to_string()]
+    );
+    assert_contract_0_2(
+        &inspect(&natsplug, &component).await,
+        "js-rewriter",
+        &[
+            "natsplug:plugin/init@0.2.0",
+            "natsplug:plugin/request-filter@0.2.0",
+        ],
+    );
     let client = PhaseClient::new(server.connect().await);
 
     let cases = [
@@ -386,21 +549,27 @@ async fn js_rewriter_rewrites_paths_by_its_table() {
         ]
     );
 
-    // A malformed table fails every call, saying which entry is wrong.
-    let reply = client
-        .send(
-            "js-rewriter-broken",
-            &request("request_filter", "b-1", "GET", "/old"),
-        )
-        .await;
-    assert_eq!(reply.request_id, "b-1");
-    assert_eq!(reply.action, Action::Error);
+    // A malformed table is refused by `init`, saying which entry is wrong:
+    // the load fails and the plugin is not served.
+    let refusal = "plugin `js-rewriter-broken` refused its configuration in `init`: \
+                   config `routes`: route `nonsense` is not of the form /from=/to";
+    let failures = load_more(&host, &component, &["js-rewriter-broken"]).await;
     assert_eq!(
-        reply.error.as_deref(),
-        Some("config `routes`: route `nonsense` is not of the form /from=/to")
+        failures,
+        [("js-rewriter-broken".to_string(), refusal.to_string())]
     );
-    assert_eq!(reply.path, None);
-    assert_eq!(reply.request_headers, None);
+    assert_eq!(
+        error_records(&host, "js-rewriter-broken"),
+        [load_failure_record(
+            &component,
+            "js-rewriter-broken",
+            refusal
+        )]
+    );
+    assert_eq!(
+        host.host.subjects().await,
+        vec!["nylon.plugin.js-rewriter.request_filter".to_string()]
+    );
     host.host.shutdown().await.unwrap();
 }
 

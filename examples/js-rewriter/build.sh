@@ -6,6 +6,11 @@
 # integrity hashes) into node_modules/ when it is missing or older than the
 # lock file. Needs node 18 or newer and npm.
 #
+# The world is wit/world.wit here: it includes the host's imports and exports
+# the phases this plugin implements. wit/deps/natsplug-plugin is a link to the
+# repository's wit/ directory, so the build always uses the contract in the
+# tree (natsplug:plugin@0.2.0, wit/plugin.wit).
+#
 # `npm install --no-save`, not `npm ci`: the lock file lists only the
 # platform-specific optional packages (native bindings of rolldown, oxc, ...)
 # that the registry served when it was made, and `npm ci` refuses a lock file
@@ -31,7 +36,7 @@ echo "js-rewriter: building $out"
 # Written next to the target and renamed, so a failed build leaves no
 # truncated component behind.
 node_modules/.bin/componentize-js src/rewriter.js \
-    --wit "$root/wit" --world-name plugin \
+    --wit "$here/wit" --world-name plugin \
     --disable http fetch-event \
     --out "$out.tmp"
 mv "$out.tmp" "$out"

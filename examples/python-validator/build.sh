@@ -5,6 +5,11 @@
 # componentize-py is installed, at the version pinned below, into .venv/ next
 # to this script when it is missing or at another version. Needs python3
 # (3.9 or newer) with the venv module; PYTHON overrides the interpreter.
+#
+# The world is wit/world.wit here: it includes the host's imports and exports
+# the phases this plugin implements. wit/deps/natsplug-plugin is a link to the
+# repository's wit/ directory, so the build always uses the contract in the
+# tree (natsplug:plugin@0.2.0, wit/plugin.wit).
 set -euo pipefail
 
 COMPONENTIZE_PY_VERSION=0.25.1
@@ -28,7 +33,7 @@ cd "$here"
 echo "python-validator: building $out"
 # Written next to the target and renamed, so a failed build leaves no
 # truncated component behind.
-"$tool" --quiet --wit-path "$root/wit" --world plugin \
+"$tool" --quiet --wit-path "$here/wit" --world plugin \
     componentize --python-path src --output "$out.tmp" app
 mv "$out.tmp" "$out"
 echo "python-validator: $(wc -c <"$out") bytes"

@@ -64,7 +64,7 @@ pub async fn serve(host: Arc<Host>) -> anyhow::Result<()> {
 
 /// What every reply carries: who the host is, and in its metadata which
 /// version of each plugin it serves (`plugin.NAME.hash`, `.version`,
-/// `.origin`) and which version failed to load (`plugin.NAME.failed_hash`,
+/// `.origin`, `.contract`) and which version failed to load (`plugin.NAME.failed_hash`,
 /// `.failed_error`), so a fleet's convergence can be read from `$SRV.INFO`.
 fn identity(
     host: &Host,
@@ -91,6 +91,10 @@ fn identity(
         metadata.insert(
             format!("plugin.{}.origin", plugin.name),
             plugin.origin.as_str().to_string(),
+        );
+        metadata.insert(
+            format!("plugin.{}.contract", plugin.name),
+            plugin.contract.to_string(),
         );
     }
     for (name, failure) in failures {

@@ -1,6 +1,7 @@
 //! The state of one plugin instance: an empty WASI context (no files, no
 //! network, no environment), memory limits, and the host imports of the
-//! WIT `host` interface (logging and per-plugin configuration).
+//! WIT `host` interface (logging and per-plugin configuration), the same
+//! for every contract version.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::natsplug::plugin::host::{self, Level, Value};
+use crate::bindings::{v0_1, v0_2};
 use crate::logs::{LogLevel, LogRecord, LogValue};
 
 /// The most records one call may log; the rest are counted as dropped.
@@ -108,30 +109,20 @@ impl WasiView for InstanceState {
     }
 }
 
-impl crate::bindings::natsplug::plugin::types::Host for InstanceState {}
-
-impl host::Host for InstanceState {
-    fn log(&mut self, level: Level, message: String, fields: Vec<(String, Value)>) {
+impl InstanceState {
+    /// Keep a record the plugin logged, within the per-call caps.
+    fn log(&mut self, level: LogLevel, message: String, fields: Vec<(String, LogValue)>) {
         if self.records.len() >= MAX_RECORDS_PER_CALL {
             self.dropped_records += 1;
             return;
         }
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
         let fields = fields
             .into_iter()
             .take(MAX_LOG_FIELDS)
             .map(|(key, value)| {
                 let value = match value {
-                    Value::Text(s) => LogValue::Text(bounded(s)),
-                    Value::Integer(i) => LogValue::Integer(i),
-                    Value::Float(f) => LogValue::Float(f),
-                    Value::Boolean(b) => LogValue::Boolean(b),
+                    LogValue::Text(s) => LogValue::Text(bounded(s)),
+                    other => other,
                 };
                 (bounded(key), value)
             })
@@ -149,11 +140,12 @@ impl host::Host for InstanceState {
         });
     }
 
-    fn config_get(&mut self, key: String) -> Option<String> {
-        self.identity.config.get(&key).cloned()
+    fn config_get(&self, key: &str) -> Option<String> {
+        self.identity.config.get(key).cloned()
     }
 
-    fn config_entries(&mut self) -> Vec<(String, String)> {
+    /// The plugin's configuration entries.
+    pub fn config_entries(&self) -> Vec<(String, String)> {
         self.identity
             .config
             .iter()
@@ -162,12 +154,63 @@ impl host::Host for InstanceState {
     }
 }
 
+/// The host imports of one contract version, on the shared implementation.
+macro_rules! host_imports {
+    ($version:ident) => {
+        impl $version::natsplug::plugin::types::Host for InstanceState {}
+
+        impl $version::natsplug::plugin::host::Host for InstanceState {
+            fn log(
+                &mut self,
+                level: $version::natsplug::plugin::host::Level,
+                message: String,
+                fields: Vec<(String, $version::natsplug::plugin::host::Value)>,
+            ) {
+                use $version::natsplug::plugin::host::{Level, Value};
+                let level = match level {
+                    Level::Trace => LogLevel::Trace,
+                    Level::Debug => LogLevel::Debug,
+                    Level::Info => LogLevel::Info,
+                    Level::Warn => LogLevel::Warn,
+                    Level::Error => LogLevel::Error,
+                };
+                let fields = fields
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let value = match value {
+                            Value::Text(s) => LogValue::Text(s),
+                            Value::Integer(i) => LogValue::Integer(i),
+                            Value::Float(f) => LogValue::Float(f),
+                            Value::Boolean(b) => LogValue::Boolean(b),
+                        };
+                        (key, value)
+                    })
+                    .collect();
+                InstanceState::log(self, level, message, fields);
+            }
+
+            fn config_get(&mut self, key: String) -> Option<String> {
+                InstanceState::config_get(self, &key)
+            }
+
+            fn config_entries(&mut self) -> Vec<(String, String)> {
+                InstanceState::config_entries(self)
+            }
+        }
+    };
+}
+
+host_imports!(v0_1);
+host_imports!(v0_2);
+
 /// The linker every plugin is instantiated with: WASI p2 (with an empty
-/// context) and the WIT `host` interface.
+/// context) and the WIT `host` interface of every contract version.
 pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
-    crate::bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+    v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)?;
     Ok(linker)
 }

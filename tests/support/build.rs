@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("body-redactor", "BODY_REDACTOR"),
     ("access-logger", "ACCESS_LOGGER"),
     ("misbehave", "MISBEHAVE"),
+    ("every-phase", "EVERY_PHASE"),
 ];
 
 fn main() {

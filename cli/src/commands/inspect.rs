@@ -8,7 +8,7 @@ use clap::Args;
 use wasmtime::component::Component;
 
 use crate::local;
-use natsplug::bindings::{HANDLER_INTERFACE, WIT_VERSION};
+use natsplug::bindings::{Contract, SERVED_VERSIONS};
 use natsplug::config::HostConfig;
 use natsplug::plugin::{self, LoadedPlugin};
 
@@ -44,7 +44,8 @@ struct Report {
     content_hash: String,
     exports: Vec<String>,
     imports: Vec<String>,
-    wit_error: Option<String>,
+    /// The contract version the component targets, or why none is served.
+    contract: Result<Contract, String>,
     plugin: Result<LoadedPlugin, String>,
     cache_dir: Option<PathBuf>,
     cached: bool,
@@ -96,9 +97,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         Ok(name) => (name, None),
         Err(error) => ("plugin".to_string(), Some(error.to_string())),
     };
-    let wit_error = plugin::check_exports(&name, &component, &engine)
-        .err()
-        .map(|e| e.to_string());
+    let contract = Contract::of(&name, &component, &engine).map_err(|e| e.to_string());
     let plugin = loader
         .load_component(&name, component, &bytes, &config.plugin_settings(&name))
         .map_err(|e| format!("{e:#}"));
@@ -110,7 +109,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         content_hash,
         exports,
         imports,
-        wit_error,
+        contract,
         plugin,
         cache_dir: cache.map(|c| c.dir().to_path_buf()),
         cached,
@@ -129,28 +128,24 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 impl Report {
     /// Why the host would not serve this file, if it would not.
     fn problem(&self) -> Option<String> {
-        self.wit_error
+        self.contract
             .clone()
+            .err()
             .or_else(|| self.plugin.as_ref().err().cloned())
             .or_else(|| self.name_error.clone())
     }
 
     fn wit(&self) -> String {
-        match &self.wit_error {
-            None => format!("natsplug:plugin@{WIT_VERSION} (matches this host)"),
-            Some(_) => {
-                let unversioned = HANDLER_INTERFACE.split('@').next().unwrap_or_default();
-                match self
-                    .exports
-                    .iter()
-                    .find(|e| e.starts_with(&format!("{unversioned}@")))
-                {
-                    Some(other) => format!(
-                        "mismatch: the plugin exports {other}, this host serves {HANDLER_INTERFACE}"
-                    ),
-                    None => format!("mismatch: the plugin does not export {HANDLER_INTERFACE}"),
-                }
-            }
+        match &self.contract {
+            Ok(contract) => format!(
+                "natsplug:plugin@{} (this host serves {})",
+                contract.version(),
+                SERVED_VERSIONS.join(" and ")
+            ),
+            Err(_) => format!(
+                "mismatch: the plugin targets no contract this host serves ({})",
+                SERVED_VERSIONS.join(" and ")
+            ),
         }
     }
 
@@ -162,10 +157,11 @@ impl Report {
             "version": loaded.and_then(|p| p.version.clone()),
             "phases": loaded.map(|p| p.phases.iter().map(|ph| ph.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
             "wit": {
-                "host": format!("natsplug:plugin@{WIT_VERSION}"),
-                "matches": self.wit_error.is_none(),
+                "host": SERVED_VERSIONS.map(|v| format!("natsplug:plugin@{v}")),
+                "plugin": self.contract.as_ref().ok().map(|c| format!("natsplug:plugin@{}", c.version())),
+                "matches": self.contract.is_ok(),
                 "summary": self.wit(),
-                "error": self.wit_error,
+                "error": self.contract.as_ref().err(),
             },
             "size": self.size,
             "content_hash": self.content_hash,

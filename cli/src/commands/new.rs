@@ -185,20 +185,38 @@ fn lib_rs(name: &str) -> String {
 //! `header` config value, default `x-{name}`), and answers requests under
 //! `/blocked` itself with a 403.
 
+use std::sync::OnceLock;
+
 use natsplug_sdk::prelude::*;
 
 struct {type_name};
 
+/// The header name, read from the config by `init` on each new instance.
+static HEADER: OnceLock<String> = OnceLock::new();
+
 #[natsplug_sdk::plugin]
 impl Plugin for {type_name} {{
-    fn request_filter(ctx: Context, request: Request) -> Decision {{
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {{
+        let header = config
+            .into_iter()
+            .find_map(|(key, value)| (key == "header").then_some(value))
+            .unwrap_or_else(|| "x-{name}".into());
+        let _ = HEADER.set(header);
+        Ok(())
+    }}
+
+    fn request_filter(ctx: Context, request: Request) -> RequestDecision {{
         if request.path.starts_with("/blocked") {{
             info!("blocked a request", path = request.path.as_str());
-            return Decision::respond(403, "blocked by {name}\n")
-                .set_response_header("content-type", "text/plain");
+            return LocalResponse::new(403)
+                .header("content-type", "text/plain")
+                .body("blocked by {name}\n")
+                .into();
         }}
-        let header = config::get("header").unwrap_or_else(|| "x-{name}".into());
-        Decision::next().set_request_header(header, ctx.request_id)
+        let header = HEADER.get().map_or("x-{name}", String::as_str);
+        RequestChanges::new()
+            .set_header(header, ctx.request_id)
+            .into()
     }}
 }}
 "#

@@ -9,35 +9,38 @@ struct Authz;
 
 #[natsplug_sdk::plugin]
 impl Plugin for Authz {
-    fn request_filter(_ctx: Context, request: Request) -> Decision {
+    fn request_filter(_ctx: Context, request: Request) -> RequestDecision {
         let public = config::get("public_paths").unwrap_or_default();
         if public
             .split(',')
             .any(|p| !p.is_empty() && p.trim() == request.path)
         {
-            return Decision::next();
+            return RequestDecision::next();
         }
         let Some(expected) = config::get("token") else {
             warn!("no `token` configured: refusing every request");
-            return deny(403, "forbidden", "the plugin has no token configured");
+            return deny(403, "forbidden", "the plugin has no token configured").into();
         };
         match request.bearer_token() {
             None => deny(401, "unauthorized", "a bearer token is required")
-                .set_response_header("www-authenticate", "Bearer"),
+                .header("www-authenticate", "Bearer")
+                .into(),
             Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-                Decision::next().remove_request_header("authorization")
+                RequestChanges::new().remove_header("authorization").into()
             }
             Some(_) => {
                 info!("rejected a wrong token", path = request.path.as_str());
-                deny(403, "forbidden", "the bearer token is not valid")
+                deny(403, "forbidden", "the bearer token is not valid").into()
             }
         }
     }
 }
 
-fn deny(status: u16, error: &str, message: &str) -> Decision {
+fn deny(status: u16, error: &str, message: &str) -> LocalResponse {
     let body = format!(r#"{{"error":"{error}","message":"{message}"}}"#);
-    Decision::respond(status, body).set_response_header("content-type", "application/json")
+    LocalResponse::new(status)
+        .header("content-type", "application/json")
+        .body(body)
 }
 
 /// Compare without leaking where the first difference is.

@@ -15,10 +15,9 @@ struct BodyRedactor;
 impl Plugin for BodyRedactor {
     fn response_body_filter(
         _ctx: Context,
-        _request: Request,
-        _response: Option<Response>,
+        _response: Option<ResponseHead>,
         chunk: Chunk,
-    ) -> Decision {
+    ) -> ChunkDecision {
         let pattern = config::get("pattern").unwrap_or_else(|| "secret".into());
         let pattern = pattern.as_bytes();
         let mut data = chunk.state.unwrap_or_default();
@@ -28,11 +27,14 @@ impl Plugin for BodyRedactor {
             debug!("redacted", matches = redacted);
         }
         if chunk.end_of_stream || pattern.len() < 2 {
-            return Decision::next().replace_body(data);
+            return ChunkChanges::new().replace_data(data).into();
         }
         let keep = data.len().saturating_sub(pattern.len() - 1);
         let held = data.split_off(keep);
-        Decision::next().replace_body(data).carry_state(held)
+        ChunkChanges::new()
+            .replace_data(data)
+            .carry_state(held)
+            .into()
     }
 }
 

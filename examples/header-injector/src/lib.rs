@@ -8,18 +8,25 @@ use natsplug_sdk::prelude::*;
 
 struct HeaderInjector;
 
-/// The header name, read from the config once per instance: a plugin's
-/// config does not change while an instance lives.
-fn header_name() -> &'static str {
-    static HEADER: OnceLock<String> = OnceLock::new();
-    HEADER.get_or_init(|| config::get("header").unwrap_or_else(|| "x-request-id".into()))
-}
+/// The header name, set by `init` on each new instance.
+static HEADER: OnceLock<String> = OnceLock::new();
 
 #[natsplug_sdk::plugin]
 impl Plugin for HeaderInjector {
-    fn request_filter(ctx: Context, _request: Request) -> Decision {
-        Decision::next()
-            .set_request_header("x-plugin", "header-injector")
-            .set_request_header(header_name(), ctx.request_id)
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        let header = config
+            .into_iter()
+            .find_map(|(key, value)| (key == "header").then_some(value))
+            .unwrap_or_else(|| "x-request-id".into());
+        let _ = HEADER.set(header);
+        Ok(())
+    }
+
+    fn request_filter(ctx: Context, _request: Request) -> RequestDecision {
+        let header = HEADER.get().map_or("x-request-id", String::as_str);
+        RequestChanges::new()
+            .set_header("x-plugin", "header-injector")
+            .set_header(header, ctx.request_id)
+            .into()
     }
 }

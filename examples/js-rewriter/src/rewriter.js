@@ -11,16 +11,23 @@
 //   * request headers `x-original-path` and `x-rewritten-path` set to the old
 //     and new paths, for the upstream and its logs.
 //
-// Other requests go on unchanged. A malformed table makes every call fail
-// (`fail`) with a message saying which entry is wrong.
+// Other requests go on unchanged. `init` parses the table once per instance
+// and refuses a malformed one, saying which entry is wrong, so the host fails
+// the load of the plugin instead of serving it. The component exports only
+// `init` and `request-filter` (its world is
+// examples/js-rewriter/wit/world.wit).
 
-import { configGet, log } from "natsplug:plugin/host@0.1.0";
+import { log } from "natsplug:plugin/host@0.2.0";
 
 const VERSION = "1.0.0";
 
-// Parsed on the first call: the config is fixed for the life of an instance.
-let routes = null;
-let routesError = null;
+// Header values are bytes in the contract.
+const encoder = new TextEncoder();
+
+// This instance's table: empty until `init`, which the host calls on every
+// new instance before its first call (the config is fixed for the life of an
+// instance).
+let routes = [];
 
 /**
  * Parse a `routes` value into `[from, to]` pairs, longest `from` first.
@@ -70,69 +77,87 @@ export function rewritePath(table, path) {
   return null;
 }
 
-function table() {
-  if (routes === null && routesError === null) {
-    try {
-      routes = parseRoutes(configGet("routes") ?? "");
-    } catch (error) {
-      routesError = `config \`routes\`: ${error.message}`;
+/**
+ * The `[name, value]` pairs (both Uint8Array) of a header buffer, in order.
+ *
+ * The layout is the one documented at `type fields` in wit/plugin.wit: for
+ * each field, the name's length (u32, little endian), the name's bytes, the
+ * value's length (u32, little endian), the value's bytes.
+ */
+export function* headerFields(buffer) {
+  const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  let offset = 0;
+  while (offset < view.byteLength) {
+    const parts = [];
+    for (let part = 0; part < 2; part++) {
+      if (offset + 4 > view.byteLength) {
+        throw new Error("header buffer ends inside a length");
+      }
+      const length = view.getUint32(offset, true);
+      offset += 4;
+      if (offset + length > view.byteLength) {
+        throw new Error("header buffer ends inside a field");
+      }
+      parts.push(buffer.subarray(offset, offset + length));
+      offset += length;
+    }
+    yield parts;
+  }
+}
+
+/**
+ * The value of the first header called `name` (compared case-insensitively),
+ * decoded as UTF-8, or null.
+ */
+export function header(buffer, name) {
+  const decoder = new TextDecoder();
+  const wanted = name.toLowerCase();
+  for (const [key, value] of headerFields(buffer)) {
+    if (decoder.decode(key).toLowerCase() === wanted) {
+      return decoder.decode(value);
     }
   }
-  return routes;
+  return null;
 }
 
-function decision(action, fields = {}) {
-  return {
-    action,
-    requestHeaders: undefined,
-    responseHeaders: undefined,
-    status: undefined,
-    body: undefined,
-    error: undefined,
-    path: undefined,
-    state: undefined,
-    ...fields,
-  };
-}
-
-export const handler = {
-  describe() {
-    return { version: VERSION, phases: ["request-filter"] };
-  },
-
-  requestFilter(ctx, request) {
-    const current = table();
-    if (current === null) {
-      log("error", routesError, []);
-      return decision("fail", { error: routesError });
+export const init = {
+  init(config) {
+    const spec = config.find(([key]) => key === "routes")?.[1] ?? "";
+    try {
+      routes = parseRoutes(spec);
+    } catch (error) {
+      // The host fails the load: "plugin `NAME` refused its configuration
+      // in `init`: <this message>". The refusal is returned as the result's
+      // error: an Error thrown out of `init` would trap the instance instead.
+      return { tag: "err", val: `config \`routes\`: ${error.message}` };
     }
-    const rewritten = rewritePath(current, request.path);
+    return { tag: "ok", val: { version: VERSION } };
+  },
+};
+
+export const requestFilter = {
+  requestFilter(ctx, request) {
+    const rewritten = rewritePath(routes, request.path);
     if (rewritten === null) {
-      return decision("next");
+      return { tag: "next", val: {} };
     }
     log("info", "rewrote the request path", [
       ["from", { tag: "text", val: request.path }],
       ["to", { tag: "text", val: rewritten }],
     ]);
     const query = request.query ? `?${request.query}` : "";
-    return decision("next", {
-      path: rewritten + query,
-      requestHeaders: {
-        set: [
-          ["x-original-path", request.path],
-          ["x-rewritten-path", rewritten],
-        ],
-        remove: [],
+    return {
+      tag: "next",
+      val: {
+        path: rewritten + query,
+        headers: {
+          set: [
+            ["x-original-path", encoder.encode(request.path)],
+            ["x-rewritten-path", encoder.encode(rewritten)],
+          ],
+          remove: [],
+        },
       },
-    });
+    };
   },
-
-  // The phases below are not listed by `describe`, so the host never calls them.
-  responseFilter() {
-    return decision("next");
-  },
-  responseBodyFilter() {
-    return decision("next");
-  },
-  logging() {},
 };

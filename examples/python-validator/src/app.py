@@ -14,11 +14,18 @@ the built-in DEFAULT_SCHEMA below. Supported keywords: `type` (object,
 array, string, integer, number, boolean, null), `required`, `properties`,
 `additionalProperties` (false only), `minimum`, `maximum`, `minLength`,
 `maxLength` and `enum`.
+
+`init` reads the config once per instance and refuses a `schema` that is not
+a JSON object, so a bad schema fails the load of the plugin instead of every
+call. The component exports only `init` and `request-filter` (its world is
+examples/python-validator/wit/world.wit).
 """
 
 import json
-from typing import Any, List, Optional, Tuple
+import struct
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host, types
 
@@ -35,41 +42,73 @@ DEFAULT_SCHEMA: dict = {
 
 DEFAULT_METHODS = ("POST", "PUT", "PATCH")
 
-JSON_HEADERS = types.HeaderMutations(
-    set=[("content-type", "application/json")], remove=[]
-)
-
-# The schema and method list of this instance, read from the host config on
-# the first call (the config is fixed for the life of an instance).
-_settings: Optional[Tuple[Any, Tuple[str, ...]]] = None
+# Header values are bytes in the contract.
+JSON_HEADERS = [("content-type", b"application/json")]
 
 
-class ConfigError(Exception):
-    pass
+class Settings(NamedTuple):
+    schema: Any
+    methods: Tuple[str, ...]
 
 
-def settings() -> Tuple[Any, Tuple[str, ...]]:
-    global _settings
-    if _settings is None:
-        raw = host.config_get("schema")
-        if raw is None:
-            schema: Any = DEFAULT_SCHEMA
-        else:
-            try:
-                schema = json.loads(raw)
-            except ValueError as error:
-                raise ConfigError(f"config `schema` is not valid JSON: {error}")
-            if not isinstance(schema, dict):
-                raise ConfigError("config `schema` must be a JSON object")
-        methods_raw = host.config_get("methods")
-        if methods_raw is None:
-            methods = DEFAULT_METHODS
-        else:
-            methods = tuple(
-                m.strip().upper() for m in methods_raw.split(",") if m.strip()
+# The schema and method list of this instance: the defaults until `init`,
+# which the host calls on every new instance before its first call, replaces
+# them with those of the plugin's config (fixed for the life of an instance).
+_settings = Settings(DEFAULT_SCHEMA, DEFAULT_METHODS)
+
+
+def parse_settings(config: List[Tuple[str, str]]) -> Settings:
+    """The settings of a config, or ValueError saying what is wrong."""
+    entries = dict(config)
+    schema: Any = DEFAULT_SCHEMA
+    raw = entries.get("schema")
+    if raw is not None:
+        try:
+            schema = json.loads(raw)
+        except ValueError as error:
+            raise ValueError(f"config `schema` is not valid JSON: {error}")
+        if not isinstance(schema, dict):
+            raise ValueError(
+                f"config `schema` must be a JSON object, not {_type_name(schema)}"
             )
-        _settings = (schema, methods)
-    return _settings
+    methods = DEFAULT_METHODS
+    methods_raw = entries.get("methods")
+    if methods_raw is not None:
+        methods = tuple(m.strip().upper() for m in methods_raw.split(",") if m.strip())
+    return Settings(schema, methods)
+
+
+def header_fields(buffer: bytes) -> Iterator[Tuple[bytes, bytes]]:
+    """The (name, value) pairs of a header buffer, in order.
+
+    The layout is the one documented at `type fields` in wit/plugin.wit: for
+    each field, the name's length (u32, little endian), the name's bytes,
+    the value's length (u32, little endian), the value's bytes.
+    """
+    view = memoryview(buffer)
+    offset = 0
+    while offset < len(view):
+        parts = []
+        for _ in range(2):
+            if offset + 4 > len(view):
+                raise ValueError("header buffer ends inside a length")
+            (length,) = struct.unpack_from("<I", view, offset)
+            offset += 4
+            if offset + length > len(view):
+                raise ValueError("header buffer ends inside a field")
+            parts.append(bytes(view[offset : offset + length]))
+            offset += length
+        yield parts[0], parts[1]
+
+
+def header(buffer: bytes, name: str) -> Optional[bytes]:
+    """The value of the first field called `name` (compared
+    case-insensitively), or None."""
+    wanted = name.lower().encode("ascii")
+    for key, value in header_fields(buffer):
+        if key.lower() == wanted:
+            return value
+    return None
 
 
 def _type_name(value: Any) -> str:
@@ -158,37 +197,22 @@ def _is_json_media_type(content_type: str) -> bool:
     )
 
 
-def _header(request: types.Request, name: str) -> Optional[str]:
-    for key, value in request.headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _decision(
-    action: types.Action,
-    status: Optional[int] = None,
-    body: Optional[bytes] = None,
-    error: Optional[str] = None,
-) -> types.Decision:
-    return types.Decision(
-        action=action,
-        request_headers=None,
-        response_headers=JSON_HEADERS if body is not None else None,
-        status=status,
-        body=body,
-        error=error,
-        path=None,
-        state=None,
+def _next() -> types.RequestDecision:
+    return types.RequestDecision_Next(
+        types.RequestChanges(headers=None, body=None, path=None)
     )
 
 
-def _answer(status: int, payload: dict) -> types.Decision:
+def _answer(status: int, payload: dict) -> types.RequestDecision:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    return _decision(types.Action.END, status=status, body=body)
+    return types.RequestDecision_End(
+        types.LocalResponse(status=status, headers=JSON_HEADERS, body=body)
+    )
 
 
-def _reject(request: types.Request, status: int, payload: dict, reasons: int) -> types.Decision:
+def _reject(
+    request: types.Request, status: int, payload: dict, reasons: int
+) -> types.RequestDecision:
     host.log(
         host.Level.WARN,
         "rejected a request body",
@@ -202,26 +226,24 @@ def _reject(request: types.Request, status: int, payload: dict, reasons: int) ->
     return _answer(status, payload)
 
 
-def filter_request(request: types.Request) -> types.Decision:
-    try:
-        schema, methods = settings()
-    except ConfigError as error:
-        host.log(host.Level.ERROR, str(error), [])
-        return _decision(types.Action.FAIL, error=str(error))
+def filter_request(request: types.Request) -> types.RequestDecision:
+    schema, methods = _settings
     if request.method.upper() not in methods:
-        return _decision(types.Action.NEXT)
+        return _next()
 
-    content_type = _header(request, "content-type")
-    if content_type is not None and not _is_json_media_type(content_type):
-        return _reject(
-            request,
-            415,
-            {
-                "error": "unsupported_media_type",
-                "message": f"the body must be application/json, not {content_type}",
-            },
-            1,
-        )
+    content_type_bytes = header(request.headers, "content-type")
+    if content_type_bytes is not None:
+        content_type = content_type_bytes.decode("utf-8", errors="replace")
+        if not _is_json_media_type(content_type):
+            return _reject(
+                request,
+                415,
+                {
+                    "error": "unsupported_media_type",
+                    "message": f"the body must be application/json, not {content_type}",
+                },
+                1,
+            )
     if not request.body:
         return _reject(
             request,
@@ -246,7 +268,7 @@ def filter_request(request: types.Request) -> types.Decision:
             {"error": "validation_failed", "reasons": reasons},
             len(reasons),
         )
-    return _decision(types.Action.NEXT)
+    return _next()
 
 
 def _no_constant(name: str) -> Any:
@@ -254,34 +276,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-class Handler(exports.Handler):
-    def describe(self) -> types.PluginInfo:
-        return types.PluginInfo(version=VERSION, phases=[types.Phase.REQUEST_FILTER])
+class Init(exports.Init):
+    def init(self, config: List[Tuple[str, str]]) -> types.PluginInfo:
+        global _settings
+        try:
+            _settings = parse_settings(config)
+        except ValueError as error:
+            # The host fails the load: "plugin `NAME` refused its
+            # configuration in `init`: <this message>".
+            raise Err(str(error))
+        return types.PluginInfo(version=VERSION)
 
-    def request_filter(self, ctx: types.Context, request: types.Request) -> types.Decision:
+
+class RequestFilter(exports.RequestFilter):
+    def request_filter(
+        self, ctx: types.Context, request: types.Request
+    ) -> types.RequestDecision:
         return filter_request(request)
-
-    # The phases below are not listed by `describe`, so the host never calls them.
-
-    def response_filter(
-        self, ctx: types.Context, request: types.Request, response: types.Response
-    ) -> types.Decision:
-        return _decision(types.Action.NEXT)
-
-    def response_body_filter(
-        self,
-        ctx: types.Context,
-        request: types.Request,
-        response: Optional[types.Response],
-        chunk: types.Chunk,
-    ) -> types.Decision:
-        return _decision(types.Action.NEXT)
-
-    def logging(
-        self,
-        ctx: types.Context,
-        request: types.Request,
-        response: Optional[types.Response],
-        duration_ms: Optional[int],
-    ) -> None:
-        pass

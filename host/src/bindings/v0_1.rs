@@ -1,8 +1,9 @@
-//! Host-side bindings generated from `wit/plugin.wit`.
+//! Contract 0.1.0 (`wit/0.1.0/plugin.wit`): one `handler` interface with
+//! all four phases and `describe`, which lists the phases served.
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../wit",
+    path: "../wit/0.1.0",
     // Requests are lowered into the guest straight from the bytes of the
     // NATS message, without an owned copy in between.
     ownership: Borrowing {
@@ -10,12 +11,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// The fully qualified name of the interface every plugin exports.
+/// The interface every 0.1.0 plugin exports.
 pub const HANDLER_INTERFACE: &str = "natsplug:plugin/handler@0.1.0";
-/// The fully qualified name of the interface the host provides.
-pub const HOST_INTERFACE: &str = "natsplug:plugin/host@0.1.0";
-/// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
 
 /// The protocol's phase for a phase of the WIT `phase` enum.
 impl From<self::natsplug::plugin::types::Phase> for natsplug_protocol::Phase {

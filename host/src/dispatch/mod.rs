@@ -101,8 +101,17 @@ pub fn run(
     let timeout = plugin.limits.call_timeout;
     let result = call(instance, phase, request, trace_id, timeout);
     let (records, dropped_records) = instance.end_call();
+    // A decision the guest returned but the protocol cannot carry is the
+    // guest's answer, like any invalid decision: the instance is sound.
+    let result = result.map_err(
+        |error| match error.downcast::<guest::UnsendableDecision>() {
+            Ok(problem) => Unsuccessful::Invalid(problem.to_string()),
+            Err(error) => Unsuccessful::Failed(error),
+        },
+    );
+    let answered = !matches!(result, Err(Unsuccessful::Failed(_)));
 
-    let keep = result.is_ok()
+    let keep = answered
         && settings.instance_mode == InstanceMode::Reuse
         && instance.calls() < settings.max_calls_per_instance;
     if !keep {
@@ -110,6 +119,10 @@ pub fn run(
     }
 
     let failure = match result {
+        Err(Unsuccessful::Invalid(problem)) => RequestError::PluginFailed(format!(
+            "plugin `{}` returned an invalid decision in {phase}: {problem}",
+            plugin.name
+        )),
         Ok(reply) => match check::decision(&reply, phase) {
             Ok(()) => {
                 let payload = protocol::encode_reply(&reply);
@@ -132,7 +145,7 @@ pub fn run(
                 plugin.name
             )),
         },
-        Err(error) => {
+        Err(Unsuccessful::Failed(error)) => {
             // A failed instance may be in any state: never reuse it.
             *slot = None;
             check::classify_failure(&plugin.name, phase, timeout, &error)
@@ -144,6 +157,14 @@ pub fn run(
         dropped_records,
         ..Outcome::failure_with_mode(request_id.to_string(), failure, mode)
     }
+}
+
+/// Why a guest call gave no reply to send.
+enum Unsuccessful {
+    /// The guest answered with a decision the protocol cannot carry.
+    Invalid(String),
+    /// The guest failed: trapped, ran out of time, or could not be called.
+    Failed(wasmtime::Error),
 }
 
 /// The ids a call's log records carry.

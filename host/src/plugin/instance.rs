@@ -1,52 +1,105 @@
 //! A live instance of a plugin: its store (sandbox state, limits,
-//! deadline) and its bindings. Calls go through [`PluginInstance::begin_call`]
-//! and [`PluginInstance::end_call`], which own the store's per-call state.
+//! deadline) and its bound exports. Calls go through
+//! [`PluginInstance::begin_call`] and [`PluginInstance::end_call`], which
+//! own the store's per-call state.
 
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use wasmtime::Store;
 
 use super::LoadedPlugin;
-use crate::bindings::{self, exports::natsplug::plugin::handler::Guest};
+use super::exports::Exports;
 use crate::logs::LogRecord;
 use crate::sandbox::{CallContext, InstanceState};
+
+/// Longest a new instance may spend in start-up code and its `init` hook.
+const START_UP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A live instance of a plugin and its store.
 pub struct PluginInstance {
     store: Store<InstanceState>,
-    bindings: bindings::Plugin,
+    exports: Exports,
+    /// Reused buffers for the header lists of a 0.2.0 call.
+    scratch: Scratch,
     /// The [`LoadedPlugin::id`] this instance was made from.
     pub plugin_id: u64,
     /// Calls served so far.
     calls: u64,
+    /// The version a 0.2.0 plugin's `init` reported.
+    init_version: Option<String>,
+}
+
+/// Buffers a call encodes header lists into, kept from call to call.
+#[derive(Default)]
+pub struct Scratch {
+    pub request_fields: Vec<u8>,
+    pub response_fields: Vec<u8>,
 }
 
 impl LoadedPlugin {
-    /// A new instance with its own store, limits and empty WASI context.
+    /// A new instance with its own store, limits and empty WASI context,
+    /// after its `init` hook (0.2.0) accepted the plugin's configuration.
     pub fn instantiate(&self) -> anyhow::Result<PluginInstance> {
         let state = InstanceState::new(self.identity.clone(), self.limits.max_memory_bytes);
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.exports.engine(), state);
         store.limiter(|state| state.limits());
         store.epoch_deadline_trap();
         // Start-up code (static initialisers) runs under the same deadline
         // as a call would.
-        store.set_epoch_deadline(crate::engine::deadline_ticks(Duration::from_secs(10)));
-        let bindings = self
-            .pre
+        store.set_epoch_deadline(crate::engine::deadline_ticks(START_UP_DEADLINE));
+        let exports = self
+            .exports
             .instantiate(&mut store)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("instantiating plugin `{}`", self.name))?;
-        Ok(PluginInstance {
+        let mut instance = PluginInstance {
             store,
-            bindings,
+            exports,
+            scratch: Scratch::default(),
             plugin_id: self.id,
             calls: 0,
-        })
+            init_version: None,
+        };
+        instance.init(&self.name)?;
+        Ok(instance)
     }
 }
 
 impl PluginInstance {
+    /// Run a 0.2.0 plugin's `init` hook, when it exports one.
+    fn init(&mut self, name: &str) -> anyhow::Result<()> {
+        let Exports::V0_2(exports) = &self.exports else {
+            return Ok(());
+        };
+        let Some(init) = &exports.init else {
+            return Ok(());
+        };
+        let config = self.store.data().config_entries();
+        let config: Vec<(&str, &str)> = config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.store.data_mut().begin_call(CallContext::default());
+        self.store
+            .set_epoch_deadline(crate::engine::deadline_ticks(START_UP_DEADLINE));
+        let outcome = init
+            .call_init(&mut self.store, &config)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("calling `init` of plugin `{name}`"))?;
+        // Records `init` logged go out with those of the instance's first
+        // call, without a request id.
+        match outcome {
+            Ok(info) => {
+                self.init_version = info.version.filter(|v| !v.is_empty());
+                Ok(())
+            }
+            Err(reason) => Err(anyhow!(
+                "plugin `{name}` refused its configuration in `init`: {reason}"
+            )),
+        }
+    }
+
     /// Get ready for a call: the ids its log records carry, and the
     /// deadline after which the call traps.
     pub fn begin_call(&mut self, call: CallContext, timeout: Duration) {
@@ -55,9 +108,9 @@ impl PluginInstance {
             .set_epoch_deadline(crate::engine::deadline_ticks(timeout));
     }
 
-    /// The guest's handler and the store to call it with.
-    pub fn handler(&mut self) -> (&Guest, &mut Store<InstanceState>) {
-        (self.bindings.natsplug_plugin_handler(), &mut self.store)
+    /// The instance's exports, its store and its scratch buffers, to call it.
+    pub fn parts(&mut self) -> (&Exports, &mut Store<InstanceState>, &mut Scratch) {
+        (&self.exports, &mut self.store, &mut self.scratch)
     }
 
     /// A call is over: count it, and take the records it logged (and how
@@ -70,5 +123,10 @@ impl PluginInstance {
     /// Calls served so far.
     pub fn calls(&self) -> u64 {
         self.calls
+    }
+
+    /// The version the plugin's `init` reported (0.2.0 plugins).
+    pub fn init_version(&self) -> Option<&str> {
+        self.init_version.as_deref()
     }
 }

@@ -1,6 +1,7 @@
 //! Loading a plugin: compile the component (or take it from the artifact
-//! cache), check it against the WIT contract, ask it which phases it
-//! implements, and keep it ready to instantiate (an `InstancePre`).
+//! cache), match it to a contract version this host serves, find which
+//! phases it implements (its exports for 0.2.0, `describe` for 0.1.0), run
+//! a first instance (and its `init`), and keep it ready to instantiate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use natsplug_protocol::Phase;
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, Linker};
 
+use super::exports::{Exports, PreparedExports};
 use super::{LoadedPlugin, PluginLimits, content_hash, plugin_name_of};
-use crate::bindings::{HANDLER_INTERFACE, HOST_INTERFACE, PluginPre, WIT_VERSION};
+use crate::bindings::{Contract, HOST_INTERFACE, WIT_VERSION};
 use crate::cache::ArtifactCache;
 use crate::config::{PluginSettings, RuntimeConfig, validate_plugin_name};
 use crate::sandbox::{InstanceState, PluginIdentity};
@@ -140,7 +142,7 @@ impl PluginLoader {
         compile_time: Duration,
         settings: &PluginSettings,
     ) -> anyhow::Result<LoadedPlugin> {
-        check_exports(name, &component, &self.engine)?;
+        let contract = Contract::of(name, &component, &self.engine)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             anyhow!(
                 "plugin `{name}` needs an import this host does not provide: {error:#}. \
@@ -149,9 +151,7 @@ impl PluginLoader {
                  leave out other imports (for example, componentize-js needs `--disable http fetch-event`)"
             )
         })?;
-        let pre = PluginPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("plugin `{name}` does not match the `plugin` world"))?;
+        let exports = PreparedExports::new(name, contract, instance_pre)?;
 
         let identity = Arc::new(PluginIdentity {
             name: name.to_string(),
@@ -171,25 +171,21 @@ impl PluginLoader {
             limits: PluginLimits::resolve(&self.runtime, settings),
             compile_time,
             from_cache: false,
-            pre,
+            exports,
             identity,
         };
         let mut instance = plugin.instantiate()?;
-        instance.begin_call(Default::default(), Duration::from_secs(5));
-        let (handler, store) = instance.handler();
-        let info = handler
-            .call_describe(store)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("calling `describe` of plugin `{name}`"))?;
-        let mut phases: Vec<Phase> = info.phases.iter().map(|p| Phase::from(*p)).collect();
-        phases.sort();
-        phases.dedup();
+        let (version, phases) = match contract {
+            Contract::V0_1 => describe(name, &mut instance)?,
+            Contract::V0_2 => (
+                instance.init_version().map(str::to_string),
+                plugin.exports.exported_phases(),
+            ),
+        };
         if phases.is_empty() {
-            bail!(
-                "plugin `{name}` implements no phase (its `describe` lists none); it would never be called"
-            );
+            bail!("plugin `{name}` implements no phase; it would never be called");
         }
-        plugin.version = info.version.filter(|v| !v.is_empty());
+        plugin.version = version;
         plugin.phases = phases;
         plugin.identity = Arc::new(PluginIdentity {
             name: name.to_string(),
@@ -200,49 +196,34 @@ impl PluginLoader {
     }
 }
 
-/// Check that the component exports our handler interface at our version,
-/// and say precisely what is wrong when it does not.
-pub fn check_exports(name: &str, component: &Component, engine: &Engine) -> anyhow::Result<()> {
-    let component_type = component.component_type();
-    let exports: Vec<(String, bool)> = component_type
-        .exports(engine)
-        .map(|(export, item)| {
-            (
-                export.to_string(),
-                matches!(item.ty, ComponentItem::ComponentInstance(_)),
-            )
-        })
-        .collect();
-    if exports
-        .iter()
-        .any(|(export, _)| export == HANDLER_INTERFACE)
-    {
-        return Ok(());
-    }
-    let unversioned = HANDLER_INTERFACE
-        .split('@')
-        .next()
-        .unwrap_or(HANDLER_INTERFACE);
-    if let Some((other, _)) = exports
-        .iter()
-        .find(|(export, _)| export.starts_with(&format!("{unversioned}@")))
-    {
+/// A 0.1.0 plugin's `describe`: its version and the phases it lists.
+fn describe(
+    name: &str,
+    instance: &mut super::PluginInstance,
+) -> anyhow::Result<(Option<String>, Vec<Phase>)> {
+    instance.begin_call(Default::default(), Duration::from_secs(5));
+    let (exports, store, _) = instance.parts();
+    let Exports::V0_1(bindings) = exports else {
+        unreachable!("describe is called on 0.1.0 plugins only");
+    };
+    let info = bindings
+        .natsplug_plugin_handler()
+        .call_describe(store)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("calling `describe` of plugin `{name}`"))?;
+    let mut phases: Vec<Phase> = info.phases.iter().map(|p| Phase::from(*p)).collect();
+    phases.sort();
+    phases.dedup();
+    if phases.is_empty() {
         bail!(
-            "plugin `{name}` exports `{other}` but this host serves `{HANDLER_INTERFACE}`: \
-             rebuild the plugin against the WIT package natsplug:plugin@{WIT_VERSION}"
+            "plugin `{name}` implements no phase (its `describe` lists none); it would never be called"
         );
     }
-    let listed = if exports.is_empty() {
-        "nothing".to_string()
-    } else {
-        exports
-            .iter()
-            .map(|(e, _)| format!("`{e}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    bail!(
-        "plugin `{name}` does not export `{HANDLER_INTERFACE}` (it exports {listed}): \
-         a plugin targets the `plugin` world of natsplug:plugin@{WIT_VERSION}"
-    )
+    Ok((info.version.filter(|v| !v.is_empty()), phases))
+}
+
+/// Check that the component targets a contract version this host serves,
+/// and say precisely what is wrong when it does not.
+pub fn check_exports(name: &str, component: &Component, engine: &Engine) -> anyhow::Result<()> {
+    Contract::of(name, component, engine).map(|_| ())
 }

@@ -1,8 +1,9 @@
 //! Plugins: a loaded plugin (a compiled, validated component ready to
-//! instantiate, with its resolved limits), its live instances
-//! (`instance`), and the loader that makes one from component bytes
-//! (`loader`).
+//! instantiate, with its resolved limits), what it exports under its
+//! contract version (`exports`), its live instances (`instance`), and the
+//! loader that makes one from component bytes (`loader`).
 
+mod exports;
 mod instance;
 mod loader;
 
@@ -14,11 +15,12 @@ use anyhow::anyhow;
 use natsplug_protocol::Phase;
 use sha2::{Digest, Sha256};
 
-use crate::bindings::PluginPre;
+use crate::bindings::Contract;
 use crate::config::{FailureMode, PluginSettings, RuntimeConfig, validate_plugin_name};
-use crate::sandbox::{InstanceState, PluginIdentity};
+use crate::sandbox::PluginIdentity;
 
-pub use instance::PluginInstance;
+pub use exports::{Exports, ExportsV0_2, PreparedExports};
+pub use instance::{PluginInstance, Scratch};
 pub use loader::{PluginLoader, check_exports};
 
 /// A compiled, validated plugin, ready to instantiate. Shared by every call
@@ -44,7 +46,7 @@ pub struct LoadedPlugin {
     pub compile_time: Duration,
     /// Whether the compiled component came from the artifact cache.
     pub from_cache: bool,
-    pre: PluginPre<InstanceState>,
+    exports: PreparedExports,
     identity: Arc<PluginIdentity>,
 }
 
@@ -96,6 +98,11 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// The contract version the plugin was built against.
+    pub fn contract(&self) -> Contract {
+        self.exports.contract()
+    }
+
     /// Whether the plugin implements `phase`.
     pub fn implements(&self, phase: Phase) -> bool {
         self.phases.contains(&phase)

@@ -38,6 +38,8 @@ pub(super) struct ServedPlugin {
 pub struct PluginStatus {
     pub name: String,
     pub version: Option<String>,
+    /// The contract version it was built against, e.g. `0.2.0`.
+    pub contract: &'static str,
     pub content_hash: String,
     /// Times a new version replaced the served one.
     pub reloads: u64,
@@ -253,6 +255,7 @@ impl Host {
                 PluginStatus {
                     name: name.clone(),
                     version: current.version.clone(),
+                    contract: current.contract().version(),
                     content_hash: current.content_hash.clone(),
                     reloads: served.reloads,
                     origin: served.origin,
