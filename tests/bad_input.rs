@@ -168,6 +168,44 @@ async fn a_missing_field_gets_a_400_naming_it() {
 }
 
 #[tokio::test]
+async fn a_request_written_as_an_array_gets_a_400() {
+    let server = NatsServer::start();
+    let (host, client) = setup(&server).await;
+    let good = request("request_filter", "a-1", "GET", "/");
+    // rmp-serde's `to_vec` writes each struct as an array of its values.
+    let positional = rmp_serde::to_vec(&good).unwrap();
+    #[derive(Serialize)]
+    struct RequestAsArray<'a> {
+        version: u16,
+        request_id: &'a str,
+        phase: &'a str,
+        request: (&'a str, &'a str),
+    }
+    let nested = rmp_serde::to_vec_named(&RequestAsArray {
+        version: 1,
+        request_id: "a-2",
+        phase: "request_filter",
+        request: ("GET", "/"),
+    })
+    .unwrap();
+    for (payload, request_id) in [(positional, ""), (nested, "a-2")] {
+        let raw = client
+            .send_raw(PLUGIN, "request_filter", payload)
+            .await
+            .unwrap();
+        assert_error(
+            &raw,
+            400,
+            request_id,
+            "malformed phase request: a request (or its `request`, `response` or `chunk`) \
+             written as an array; the protocol writes each as a map of named fields",
+        );
+        assert_still_serving(&client).await;
+    }
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_unknown_or_mismatched_phase_gets_a_400() {
     let server = NatsServer::start();
     let (host, client) = setup(&server).await;

@@ -43,6 +43,17 @@ pub fn decode_request_view(
     // by serde.
     let decoded = match fast::decode(payload) {
         Some(request) => Ok(request),
+        None if fast::struct_written_as_array(payload) => {
+            return Err((
+                peek_request_id(payload),
+                RequestError::BadRequest(
+                    "malformed phase request: a request (or its `request`, `response` or `chunk`) \
+                     written as an array; the protocol writes each as a map of named fields \
+                     (with rmp-serde, `to_vec_named`; see docs/protocol.md)"
+                        .to_string(),
+                ),
+            ));
+        }
         None => from_message::<PhaseRequestView<'_>>(payload),
     };
     match decoded {

@@ -6,10 +6,11 @@
 //! serde's visitor machinery (which costs about as much again as the rest
 //! of decoding). Whatever it does not recognise, and anything malformed,
 //! makes it answer `None`; the caller then decodes with serde, which takes
-//! the lenient forms (integers for bytes, a struct written as an array,
-//! signed integers, ...) and words the errors. So this reader decides how
-//! fast a request is read, never whether it is accepted or what it means:
-//! the tests hold it to giving exactly serde's result whenever it answers.
+//! the lenient forms (integers for bytes, signed integers, ...) and words
+//! the errors. So this reader decides how fast a request is read, never
+//! whether it is accepted or what it means: the tests hold it to giving
+//! exactly serde's result whenever it answers. [`struct_written_as_array`]
+//! is the one form serde reads that the decoder refuses before serde sees it.
 
 use std::borrow::Cow;
 
@@ -20,6 +21,33 @@ pub(crate) fn decode(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
     let mut reader = Reader { rest: payload };
     let request = reader.phase_request()?;
     reader.rest.is_empty().then_some(request)
+}
+
+/// Whether `payload` holds an array where the protocol has a map of named
+/// fields: at the top level, or as the `request`, `response` or `chunk` of
+/// a request. Serde would read such an array by the position of each field
+/// in its Rust struct, which is no part of the protocol (docs/protocol.md,
+/// section 3). Anything this cannot read is left to the decoder.
+pub fn struct_written_as_array(payload: &[u8]) -> bool {
+    let mut reader = Reader { rest: payload };
+    if reader.at_array() {
+        return true;
+    }
+    let Some(len) = reader.map_len() else {
+        return false;
+    };
+    for _ in 0..len {
+        let Some(key) = reader.key() else {
+            return false;
+        };
+        if matches!(key, b"request" | b"response" | b"chunk") && reader.at_array() {
+            return true;
+        }
+        if reader.skip_value().is_none() {
+            return false;
+        }
+    }
+    false
 }
 
 /// `bytes` as text, if they are UTF-8. Header names and values are
@@ -295,6 +323,11 @@ impl<'a> Reader<'a> {
             0xdd => self.be::<4>(),
             _ => None,
         }
+    }
+
+    /// Whether an array is next.
+    fn at_array(&self) -> bool {
+        matches!(self.rest.first(), Some(0x90..=0x9f | 0xdc | 0xdd))
     }
 
     /// Consumes a `nil` if one is next.

@@ -29,6 +29,7 @@ mod tests;
 pub use decode::{MAX_NESTING, decode_reply, decode_request, decode_request_view, peek_request_id};
 pub use encode::{encode_reply, encode_request};
 pub use error::RequestError;
+pub use fast::struct_written_as_array;
 pub use message::{BodyChunk, HeaderList, HttpRequest, HttpResponse, PhaseRequest};
 pub use phase::Phase;
 pub use reply::{Action, HeaderMutations, PhaseReply};

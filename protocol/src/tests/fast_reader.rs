@@ -164,6 +164,69 @@ proptest! {
 }
 
 #[test]
+fn a_struct_written_as_an_array_is_refused_with_a_400() {
+    let request = PhaseRequest {
+        response: Some(HttpResponse {
+            status: 200,
+            headers: vec![("x".into(), "y".into())],
+            body: None,
+        }),
+        ..super::sample()
+    };
+    let named = encode_request(&request);
+    assert!(!crate::struct_written_as_array(&named));
+    // rmp-serde's `to_vec` writes every struct as an array of its fields.
+    let positional = rmp_serde::to_vec(&request).unwrap();
+    // Each of the three nested structs as an array inside a map.
+    let nested = ["request", "response", "chunk"].map(|field| {
+        let mut value = required_fields(&request);
+        value.push((field.to_string(), vec![0x90]));
+        encode_map(value)
+    });
+    for payload in std::iter::once(&positional).chain(&nested) {
+        assert!(crate::struct_written_as_array(payload), "{payload:?}");
+        assert_eq!(fast::decode(payload), None);
+        let (id, error) = decode_request(payload, Phase::RequestFilter).unwrap_err();
+        assert_eq!(error.code(), 400);
+        assert!(
+            error
+                .to_string()
+                .starts_with("malformed phase request: a request (or its `request`, `response` or `chunk`) written as an array"),
+            "{error}"
+        );
+        // The id is read from a map, as for any refusal; not from an array.
+        let expected_id = if payload == &positional { "" } else { "r-1" };
+        assert_eq!(id, expected_id);
+    }
+}
+
+/// The top-level fields a request cannot do without but `request`, as
+/// (name, encoded value) pairs.
+fn required_fields(request: &PhaseRequest) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "version".into(),
+            rmp_serde::to_vec(&request.version).unwrap(),
+        ),
+        (
+            "request_id".into(),
+            rmp_serde::to_vec(&request.request_id).unwrap(),
+        ),
+        ("phase".into(), rmp_serde::to_vec(&request.phase).unwrap()),
+    ]
+}
+
+/// A MessagePack map of up to 15 `pairs`, values already encoded.
+fn encode_map(pairs: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+    let mut out = vec![0x80 | pairs.len() as u8];
+    for (name, value) in pairs {
+        out.extend(rmp_serde::to_vec(&name).unwrap());
+        out.extend(value);
+    }
+    out
+}
+
+#[test]
 fn leaves_lenient_forms_and_errors_to_serde() {
     let request = super::sample();
     // The version as a signed integer, as some libraries write
