@@ -366,18 +366,7 @@ async fn request_filter_end_and_fail_become_the_reply() {
         .unwrap();
     assert_eq!(
         raw.reply(),
-        PhaseReply {
-            version: 1,
-            request_id: "rx-1".into(),
-            action: Action::Error,
-            request_headers: None,
-            response_headers: None,
-            status: None,
-            body: None,
-            error: Some("told to fail at /fail".into()),
-            path: None,
-            state: None,
-        }
+        PhaseReply::error("rx-1", "told to fail at /fail")
     );
     // The plugin decided to fail: an answer, not a failure of the host
     // call, so no NATS service error.
@@ -767,21 +756,7 @@ async fn a_header_value_that_is_not_utf8_fails_the_call() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        raw.reply(),
-        PhaseReply {
-            version: 1,
-            request_id: "bin-1".into(),
-            action: Action::Error,
-            request_headers: None,
-            response_headers: None,
-            status: None,
-            body: None,
-            error: Some(message.into()),
-            path: None,
-            state: None,
-        }
-    );
+    assert_eq!(raw.reply(), PhaseReply::error("bin-1", message));
     assert_eq!(
         raw.header("Nats-Service-Error-Code").as_deref(),
         Some("500")
