@@ -170,8 +170,8 @@ async fn stack_overflow_and_panic_are_500s_and_the_host_serves_on() {
     stack_overflow_and_panic(0).await;
 }
 
-// Each request alone on the host: they run on the thread that received
-// them (one async thread, as `up` runs), whose stack must hold the guest's.
+// After a short first call, the plugin's calls run on the lane that
+// received them, whose stack must hold the guest's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn stack_overflow_and_panic_are_500s_where_they_were_received_too() {
     stack_overflow_and_panic(100_000).await;
@@ -183,6 +183,9 @@ async fn stack_overflow_and_panic(inline_call_max_us: u64) {
         config.runtime.inline_call_max_us = inline_call_max_us;
     })
     .await;
+    // A plugin's first call runs on a worker; this one is short, so with
+    // calls on lanes allowed the next ones run there.
+    assert_eq!(call(&client, "/ok").await.reply().action, Action::Next);
     assert_error(
         &call(&client, "/recurse").await,
         500,
@@ -332,12 +335,17 @@ async fn at_its_limit_a_plugin_rejects_with_503_under_the_reject_policy() {
             .max_in_flight = Some(1);
     })
     .await;
-    // Both requests go out on one connection, in order: the slow one takes
-    // the plugin's only slot and the second finds it taken.
-    let [slow, rejected] = send_in_order(&client, ["/sleep", "/ok"]).await;
-    let slow = natsplug_protocol::decode_reply(&slow.payload).unwrap();
+    // The slow one takes the plugin's only slot, and the second finds it
+    // taken.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "/sleep").await }
+    });
+    until_in_flight(&host, 1).await;
+    let rejected = call(&client, "/ok").await;
+    let slow = slow.await.unwrap().reply();
     assert_eq!(slow.action, Action::Next);
-    let reply = natsplug_protocol::decode_reply(&rejected.payload).unwrap();
+    let reply = rejected.reply();
     assert_eq!(reply.action, Action::Error);
     assert_eq!(reply.request_id, "/ok");
     assert_eq!(
@@ -396,14 +404,15 @@ async fn at_its_limit_a_plugin_queues_for_a_bounded_time_under_the_wait_policy()
             .max_in_flight = Some(1);
     })
     .await;
-    let [slow, expired] = send_in_order(&client, ["/sleep", "/ok"]).await;
-    assert_eq!(
-        natsplug_protocol::decode_reply(&slow.payload)
-            .unwrap()
-            .action,
-        Action::Next
-    );
-    let reply = natsplug_protocol::decode_reply(&expired.payload).unwrap();
+    // The slow one holds the only slot for longer than the second waits.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "/sleep").await }
+    });
+    until_in_flight(&host, 1).await;
+    let expired = call(&client, "/ok").await;
+    assert_eq!(slow.await.unwrap().reply().action, Action::Next);
+    let reply = expired.reply();
     assert_eq!(
         reply.error.as_deref(),
         Some("plugin `misbehave` is at its concurrency limit; try again later")
@@ -455,7 +464,9 @@ async fn warm_instances_are_reused_and_recycled() {
     let calls_seen = |raw: RawReply| raw.reply().request_headers.unwrap().set[0].1.clone();
     let server = NatsServer::start();
     let (host, client) = start(&server, |config| {
+        // Every call on the one worker: they meet one warm instance.
         config.runtime.workers = 1;
+        config.runtime.inline_call_max_us = 0;
         config.runtime.max_calls_per_instance = 3;
     })
     .await;
@@ -499,26 +510,27 @@ fn calls_seen(raw: &RawReply) -> String {
     raw.reply().request_headers.unwrap().set[0].1.clone()
 }
 
-// One async thread, as `natsplug up` runs on a small machine: a request
-// that runs on the thread that received it must not hold that thread's
-// NATS traffic up.
+// One lane and one worker: a plugin's first call, and any call after a
+// slow one, runs on the worker, so the lane that reads NATS is not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_lone_request_runs_where_it_was_received_without_holding_up_the_rest() {
+async fn a_slow_call_runs_on_a_worker_without_holding_up_the_lane() {
     let (neighbours_first, seen) = lone_loop_then_neighbours(100_000).await;
-    // The loop ran on the receiving thread, so the one worker was free.
+    // The loop (the plugin's first call) ran on the worker, so the lane
+    // read and answered the neighbours meanwhile.
     assert!(
         neighbours_first,
         "the neighbours were answered only after the looping call ended"
     );
-    // The loop was long: the next request went to the worker. The one
-    // after it was short again and ran on the receiving thread, on an
-    // instance of its own (the looping one was discarded).
-    assert_eq!(seen, ["1", "1", "2"], "worker, then receiving thread twice");
+    // The loop was long: the next request went to the worker too. The one
+    // after it was short again and ran on the lane, on an instance of its
+    // own (the looping one was discarded).
+    assert_eq!(seen, ["1", "1", "2"], "worker, then the lane twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn with_inline_calls_off_every_request_runs_on_a_worker() {
     let (neighbours_first, seen) = lone_loop_then_neighbours(0).await;
+    // The neighbours wait for the one worker.
     assert!(
         !neighbours_first,
         "the neighbours were answered while the one worker was looping"
@@ -539,6 +551,8 @@ async fn lone_loop_then_neighbours(inline_call_max_us: u64) -> (bool, Vec<String
         config.runtime.inline_call_max_us = inline_call_max_us;
     })
     .await;
+    // The neighbour has been called before: its calls are known short.
+    assert_eq!(neighbour_requests(client.clone(), 1).await, 1);
     let looping = tokio::spawn({
         let client = client.clone();
         async move { call(&client, "/loop").await }
@@ -567,6 +581,8 @@ async fn lone_loop_then_neighbours(inline_call_max_us: u64) -> (bool, Vec<String
 async fn shutdown_waits_for_a_call_running_where_it_was_received() {
     let server = NatsServer::start();
     let (host, client) = start(&server, |_| {}).await;
+    // A short first call (on a worker), so the next one runs on the lane.
+    assert_eq!(call(&client, "/ok").await.reply().action, Action::Next);
     let sleeping = tokio::spawn({
         let client = client.clone();
         async move { call(&client, "/sleep").await }

@@ -57,7 +57,9 @@ impl BucketArgs {
         self.nats.apply(&mut config);
         // A command fails rather than waiting forever for a server.
         config.max_reconnects = config.max_reconnects.clamp(1, 5);
-        let NatsConnection { client, monitor } = natsplug::nats::connect_with(&config).await?;
+        let NatsConnection {
+            client, monitor, ..
+        } = natsplug::nats::connect_with(&config).await?;
         Ok(Connected {
             js: jetstream::new(client.clone()),
             client,

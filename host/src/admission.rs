@@ -82,6 +82,27 @@ impl Admission {
         Ok(Permits { plugin, host })
     }
 
+    /// The permits for a call of a plugin whose own slots are `plugin`
+    /// without waiting: `Some(Ok)` when both are free, `Some(Err)` when the
+    /// `reject` policy refuses, `None` when the `wait` policy has the call
+    /// wait for them ([`Admission::admit`]).
+    pub fn admit_now(&self, plugin: &Arc<Semaphore>) -> Option<Result<Permits, Refusal>> {
+        let Ok(plugin) = plugin.clone().try_acquire_owned() else {
+            return self.refuse_at_once(Refusal::PluginFull);
+        };
+        let Ok(host) = self.host.clone().try_acquire_owned() else {
+            return self.refuse_at_once(Refusal::HostFull);
+        };
+        Some(Ok(Permits { plugin, host }))
+    }
+
+    fn refuse_at_once(&self, refusal: Refusal) -> Option<Result<Permits, Refusal>> {
+        match self.overload {
+            OverloadPolicy::Reject => Some(Err(refusal)),
+            OverloadPolicy::Wait => None,
+        }
+    }
+
     /// Calls admitted and not done yet.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight
@@ -131,6 +152,10 @@ mod tests {
         assert_eq!(refused.code(), 503);
         assert!(refused.to_string().contains("plugin `p`"), "{refused}");
         assert_eq!(admission.in_flight(), 1);
+        assert_eq!(
+            admission.admit_now(&plugin).unwrap().unwrap_err(),
+            Refusal::PluginFull
+        );
         drop(held);
         assert_eq!(admission.in_flight(), 0);
     }
@@ -141,6 +166,9 @@ mod tests {
         let first = Arc::new(Semaphore::new(8));
         let second = Arc::new(Semaphore::new(8));
         let held = admission.admit(&first).await.unwrap();
+        // Waiting is for `admit`: at once there is no answer yet.
+        assert!(admission.admit_now(&second).is_none());
+        assert_eq!(second.available_permits(), 8);
         let refused = admission.admit(&second).await.unwrap_err();
         assert_eq!(refused, Refusal::HostFull);
         assert!(

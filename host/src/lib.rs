@@ -4,9 +4,11 @@
 //! every phase each plugin implements, and runs each request through the
 //! plugin's component. The request path, one module per step:
 //!
-//! [`subscription`] (one per phase of a plugin) → [`decode`] →
-//! [`admission`] (in-flight limits, overload) → [`executor`] (worker
-//! threads) → [`dispatch`] (instance, guest call, limits) → [`reply`].
+//! [`subscription`] (one per phase of a plugin, on every lane) → [`lane`]
+//! (the threads that read NATS, each on a connection of its own, and run
+//! short calls) → [`decode`] → [`admission`] (in-flight limits, overload)
+//! → [`executor`] (worker threads, for the calls a lane does not run) →
+//! [`dispatch`] (instance, guest call, limits) → [`reply`].
 //!
 //! Around it: [`server`] owns what the request path shares (the served
 //! plugins, hot swap, load failures, the drain); [`plugin`] loads
@@ -27,6 +29,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod engine;
 pub mod executor;
+pub mod lane;
 pub mod logs;
 pub mod metrics;
 pub mod monitor;

@@ -22,7 +22,9 @@ pub struct EndpointStats {
     last_error: Mutex<Option<String>>,
     /// Time from receipt to reply, in seconds.
     pub latency: Histogram,
-    /// How long the last plugin call took, in nanoseconds.
+    /// How long the last plugin call took, in nanoseconds; `u64::MAX`
+    /// before the first, so a plugin's first call runs on a worker, not on
+    /// the lane that received it.
     pub last_call_nanos: AtomicU64,
 }
 
@@ -36,7 +38,7 @@ impl Default for EndpointStats {
             last_error: Mutex::new(None),
             // 25 µs to about 3.3 s.
             latency: Histogram::new(exponential_buckets(0.000_025, 2.0, 18)),
-            last_call_nanos: AtomicU64::new(0),
+            last_call_nanos: AtomicU64::new(u64::MAX),
         }
     }
 }

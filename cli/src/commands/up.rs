@@ -42,7 +42,8 @@ pub struct UpArgs {
     /// Queue group of every subscription [default: natsplug].
     #[arg(long, env = "NATSPLUG_QUEUE_GROUP")]
     queue_group: Option<String>,
-    /// Worker threads running plugin code [default: one per core].
+    /// Lanes (threads reading NATS and running short calls), and as many
+    /// worker threads for the other calls [default: one of each per core].
     #[arg(long, env = "NATSPLUG_WORKERS")]
     workers: Option<usize>,
     /// Also serve the plugins of this JetStream object store bucket (see

@@ -11,8 +11,9 @@ use super::logs::LogLevel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceMode {
-    /// A warm instance per worker thread and plugin serves many calls, and
-    /// is replaced after `max_calls_per_instance` calls, any trap, or a reload.
+    /// A warm instance per thread (lane or worker) and plugin serves many
+    /// calls, and is replaced after `max_calls_per_instance` calls, any
+    /// trap, or a reload.
     Reuse,
     /// A new instance for every call: nothing survives between calls.
     Fresh,
@@ -22,7 +23,9 @@ pub enum InstanceMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Threads that run plugin code. 0 (the default) = one per CPU core.
+    /// Lanes (threads that read NATS, each on a connection of its own, and
+    /// run short calls) and as many worker threads (for the other calls).
+    /// 0 (the default) = one of each per CPU core.
     pub workers: usize,
     /// `reuse` (default) or `fresh`.
     pub instance_mode: InstanceMode,
@@ -40,9 +43,9 @@ pub struct RuntimeConfig {
     pub max_in_flight_per_plugin: usize,
     /// Instance slots of the pooling allocator. Default 1000.
     pub pool_instances: u32,
-    /// Calls of one plugin running at once (on worker threads); the rest
-    /// wait their turn, taken round-robin across plugins. 0 (the default) =
-    /// as many as there are workers.
+    /// Calls of one plugin running at once; the rest wait their turn on the
+    /// workers, taken round-robin across plugins. 0 (the default) = no cap
+    /// of its own: one call per lane and per worker.
     pub max_concurrency_per_plugin: usize,
     /// What a request meets when its plugin or the host is at its
     /// in-flight cap: `wait` (default, up to `max_queue_wait_ms`) or
@@ -51,11 +54,10 @@ pub struct RuntimeConfig {
     /// With `overload = "wait"`: the longest a request waits for a slot
     /// before it gets a 503. Default 1000.
     pub max_queue_wait_ms: u64,
-    /// A request that finds the host with nothing else in flight runs on
-    /// the thread that received it (sparing the wake-up of a worker) when
-    /// its plugin's last call took at most this many microseconds; that
-    /// thread's NATS I/O moves to another thread meanwhile. 0 = every call
-    /// runs on a worker thread. Default 1000.
+    /// A request runs on the lane that received it (no thread hand-off)
+    /// when its plugin's last call took at most this many microseconds;
+    /// otherwise, and for a plugin's first call, on a worker, so the lane
+    /// reads on. 0 = every call runs on a worker thread. Default 1000.
     pub inline_call_max_us: u64,
     /// Per phase: answer `error` (closed) or `next` (open) when a plugin
     /// traps, times out or hits a limit. Default closed for the filter
@@ -139,7 +141,7 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// The number of worker threads to start.
+    /// The number of lanes, and of worker threads, to start.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers

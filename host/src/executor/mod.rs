@@ -1,21 +1,17 @@
-//! The executor: the worker threads that run plugin code.
+//! The executor: the worker threads that run the calls a lane does not.
 //!
-//! Guest code never runs on the async runtime: a fixed set of OS threads
-//! takes jobs from the [`scheduler`], so a busy or stuck plugin cannot
+//! A lane runs the calls of plugins whose last call was short itself
+//! ([`crate::lane`]); the rest (plugins that were slow, or at their
+//! concurrency cap with calls waiting) come here. A fixed set of OS threads
+//! takes them from the [`scheduler`], so a busy or stuck plugin cannot
 //! delay NATS I/O, and a plugin flooded with slow requests delays its
 //! neighbours by one call at most. Each worker keeps one warm instance per
-//! plugin (`warm`) and publishes the reply itself (`worker`).
-//!
-//! A request that arrives while the host has nothing else in flight, for a
-//! plugin whose last call was short (`runtime.inline_call_max_us`), runs on
-//! the thread that received it: waking a sleeping worker costs more than
-//! such a call. The runtime's other tasks (NATS I/O among them) move to
-//! another thread for the time of the call (`block_in_place`), so plugin
-//! code still never holds them up.
+//! plugin (`warm`) and publishes the reply itself (`worker`). The scheduler
+//! also counts the calls lanes run, so a plugin's cap holds for all.
 
 pub mod scheduler;
-mod warm;
-mod worker;
+pub mod warm;
+pub mod worker;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use natsplug_protocol::Phase;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::Permits;
 use crate::dispatch::CallSettings;
@@ -31,7 +26,6 @@ use crate::logs::LogSink;
 use crate::plugin::LoadedPlugin;
 use crate::stats::{EndpointStats, HostStats};
 use scheduler::{Scheduled, Scheduler};
-use warm::WarmInstances;
 
 /// How often an idle worker drops instances of unloaded plugins.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,6 +63,15 @@ impl Scheduled for LoadedPlugin {
     }
 }
 
+/// How a call run on a lane counts against its plugin's cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunHere {
+    /// Counted as running: the plugin has a cap of its own.
+    Counted,
+    /// Not counted: the plugin has no cap of its own.
+    Uncounted,
+}
+
 /// What a worker needs besides the job.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -80,8 +83,7 @@ pub struct WorkerContext {
     /// `runtime.max_in_flight`: the host's slots.
     pub max_in_flight: usize,
     /// `runtime.inline_call_max_us`: the longest last call of a plugin for
-    /// its next request to run on the receiving thread; `None`: never (also
-    /// on a single-threaded runtime, which cannot hand its tasks over).
+    /// its next request to run on the lane that received it; `None`: never.
     pub inline_call_max: Option<Duration>,
 }
 
@@ -89,10 +91,6 @@ pub struct WorkerContext {
 pub struct Executor {
     scheduler: Arc<Scheduler<Job>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Warm instances of the calls run on the receiving thread.
-    here_warm: Arc<Mutex<WarmInstances>>,
-    /// The tasks of those calls, until their replies are sent.
-    here_tasks: TaskTracker,
     context: WorkerContext,
 }
 
@@ -100,72 +98,56 @@ impl Executor {
     /// Start `count` worker threads.
     pub fn start(count: usize, context: WorkerContext) -> anyhow::Result<Executor> {
         let scheduler = Arc::new(Scheduler::new(count, SWEEP_INTERVAL));
-        let here_warm = Arc::new(Mutex::new(WarmInstances::default()));
         let workers = (0..count)
             .map(|index| {
                 let scheduler = scheduler.clone();
                 let context = context.clone();
-                let here_warm = here_warm.clone();
                 std::thread::Builder::new()
                     .name(format!("natsplug-worker-{index}"))
-                    .spawn(move || worker::worker_loop(&scheduler, &context, &here_warm))
+                    .spawn(move || worker::worker_loop(&scheduler, &context))
                     .context("starting a worker thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Executor {
             scheduler,
             workers: Mutex::new(workers),
-            here_warm,
-            here_tasks: TaskTracker::new(),
             context,
         })
     }
 
-    /// Run `job`: on the receiving thread when the host has nothing else
-    /// to do (see `Executor::may_run_here`), else queued for the workers.
-    pub fn run(self: &Arc<Self>, job: Job) {
-        if !self.may_run_here(&job) {
-            self.scheduler.submit(job);
-            return;
+    /// What the workers run with; lanes run their calls with it too.
+    pub fn context(&self) -> &WorkerContext {
+        &self.context
+    }
+
+    /// Queue `job` for the workers, behind the other jobs of its plugin.
+    pub fn submit(&self, job: Job) {
+        self.scheduler.submit(job);
+    }
+
+    /// Whether a call of `job`'s plugin may run on the calling lane: its
+    /// plugin's last call was short (`inline_call_max`), and, when the
+    /// plugin has a concurrency cap of its own, none of its jobs waits here
+    /// and it has room under the cap (then counted as running until
+    /// [`Executor::finished_here`]).
+    pub fn may_run_here(&self, job: &Job) -> Option<RunHere> {
+        let max_call = self.context.inline_call_max?;
+        if job.endpoint.last_call_nanos.load(Ordering::Relaxed) > max_call.as_nanos() as u64 {
+            return None;
         }
-        // A task of its own, so the subscription it came from reads on
-        // meanwhile (and what arrives then goes to the workers).
-        let executor = self.clone();
-        self.here_tasks.spawn(async move {
-            let plugin = job.plugin.clone();
-            let done = tokio::task::block_in_place(|| {
-                let mut warm = lock(&executor.here_warm);
-                worker::execute(job, &mut warm, &executor.context)
-            });
-            drop(done.permits);
-            executor.scheduler.finished(&*plugin);
-            if let Some(reply) = done.reply {
-                reply.publish(&executor.context).await;
-            }
-            worker::emit(done.records, &executor.context);
-        });
+        if job.plugin.limits.max_concurrency == 0 {
+            return Some(RunHere::Uncounted);
+        }
+        self.scheduler
+            .start_here(&*job.plugin)
+            .then_some(RunHere::Counted)
     }
 
-    /// Wait until the calls run on receiving threads have sent their
-    /// replies (the workers' are sent when [`Executor::shutdown`] returns).
-    pub async fn calls_here_done(&self) {
-        self.here_tasks.close();
-        self.here_tasks.wait().await;
-    }
-
-    /// Whether `job` is to run on the thread that received it: when that is
-    /// on (`inline_call_max`), it is the only request in flight, and its
-    /// plugin's last call was short and has room under its concurrency cap
-    /// (then counted as running).
-    fn may_run_here(&self, job: &Job) -> bool {
-        let Some(max_call) = self.context.inline_call_max else {
-            return false;
-        };
-        let short =
-            job.endpoint.last_call_nanos.load(Ordering::Relaxed) <= max_call.as_nanos() as u64;
-        short
-            && job.permits.alone(self.context.max_in_flight)
-            && self.scheduler.start_here(&*job.plugin)
+    /// A call started after [`Executor::may_run_here`] is done.
+    pub fn finished_here(&self, plugin: &LoadedPlugin, run: RunHere) {
+        if run == RunHere::Counted {
+            self.scheduler.finished(plugin);
+        }
     }
 
     /// Finish every job queued so far, then stop the workers. Blocks.

@@ -2,7 +2,6 @@
 //! [`dispatch::run`], count it, report a plugin failure, and publish the
 //! reply; then emit what the plugin logged.
 
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -15,15 +14,12 @@ use crate::admission::Permits;
 use crate::logs::{LogLevel, LogRecord, LogValue};
 use crate::plugin::LoadedPlugin;
 use crate::reply::{self, Outcome};
+use crate::stats::HostStats;
 use crate::{decode, dispatch};
 
 /// A worker thread's life: take jobs until the scheduler stops, sweeping
 /// the instances of unloaded plugins whenever it is idle.
-pub fn worker_loop(
-    scheduler: &Scheduler<Job>,
-    context: &WorkerContext,
-    here_warm: &Mutex<WarmInstances>,
-) {
+pub fn worker_loop(scheduler: &Scheduler<Job>, context: &WorkerContext) {
     let mut warm = WarmInstances::default();
     loop {
         match scheduler.next() {
@@ -33,16 +29,15 @@ pub fn worker_loop(
                 drop(done.permits);
                 scheduler.finished(&*plugin);
                 if let Some(reply) = done.reply {
-                    context.runtime.block_on(reply.publish(context));
+                    context
+                        .runtime
+                        .block_on(reply.publish(&context.client, &context.stats));
                 }
                 emit(done.records, context);
             }
             Err(NoJob::Stopped) => break,
             Err(NoJob::Idle) => {
                 warm.sweep(&context.stats);
-                if let Ok(mut here_warm) = here_warm.try_lock() {
-                    here_warm.sweep(&context.stats);
-                }
             }
         }
     }
@@ -56,15 +51,9 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub async fn publish(self, context: &WorkerContext) {
-        reply::publish(
-            &context.client,
-            self.to,
-            self.payload,
-            self.error.as_ref(),
-            &context.stats,
-        )
-        .await;
+    /// Publish it on `client`.
+    pub async fn publish(self, client: &async_nats::Client, stats: &HostStats) {
+        reply::publish(client, self.to, self.payload, self.error.as_ref(), stats).await;
     }
 }
 

@@ -16,6 +16,10 @@ use crate::stats::HostStats;
 pub struct NatsConnection {
     pub client: Client,
     pub monitor: Arc<ConnectionMonitor>,
+    /// The settings it was made with, when more connections like it may
+    /// be opened (the host gives each lane one); `None` for a connection
+    /// made elsewhere, which the lanes then share.
+    pub settings: Option<NatsConfig>,
 }
 
 /// Connect to the first reachable server of `urls`, without credentials
@@ -35,19 +39,75 @@ pub async fn connect(urls: &[String]) -> anyhow::Result<Client> {
 /// reconnects on its own (forever, unless `max_reconnects` is set), with
 /// jittered exponential backoff, and restores every subscription.
 pub async fn connect_with(config: &NatsConfig) -> anyhow::Result<NatsConnection> {
+    let monitor = Arc::new(ConnectionMonitor::new(
+        Arc::new(HostStats::default()),
+        config,
+    ));
+    let events = monitor.clone();
+    let client = open(config, move |event| events.on_event(event)).await?;
+    let _ = monitor.client.set(client.clone());
+    let info = client.server_info();
+    tracing::info!(
+        server = %info.server_name,
+        version = %info.version,
+        urls = %shown_urls(config),
+        auth = %auth_kind(&config.auth()?),
+        tls = config.tls_required || config.tls_ca_file.is_some() || info.tls_required,
+        "connected to NATS"
+    );
+    Ok(NatsConnection {
+        client,
+        monitor,
+        settings: Some(config.clone()),
+    })
+}
+
+/// Another connection as `config` says, for a lane of a host whose own
+/// connection `monitor` watches: what the server reports on it (refusals,
+/// slow consumers) counts and logs there; its disconnects and reconnects
+/// are the host connection's to report.
+pub async fn connect_lane(
+    config: &NatsConfig,
+    monitor: Arc<ConnectionMonitor>,
+) -> anyhow::Result<Client> {
+    open(config, move |event| match event {
+        async_nats::Event::Connected
+        | async_nats::Event::Disconnected
+        | async_nats::Event::LameDuckMode
+        | async_nats::Event::Draining
+        | async_nats::Event::Closed
+        | async_nats::Event::ClientError(_) => {
+            tracing::debug!(%event, "lane connection");
+        }
+        event => monitor.on_event(event),
+    })
+    .await
+}
+
+/// The configured URLs, with passwords hidden, for messages.
+fn shown_urls(config: &NatsConfig) -> String {
+    let shown: Vec<String> = config
+        .urls_or_default()
+        .iter()
+        .map(|u| redact_url(u))
+        .collect();
+    shown.join(", ")
+}
+
+/// Open a connection as `config` says, handing its events to `on_event`.
+async fn open(
+    config: &NatsConfig,
+    on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
+) -> anyhow::Result<Client> {
     let urls = config.urls_or_default();
-    let shown: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
-    let shown = shown.join(", ");
+    let shown = shown_urls(config);
     let addresses = urls
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing the NATS URLs {shown}"))?;
     let auth = config.auth()?;
-    let monitor = Arc::new(ConnectionMonitor::new(
-        Arc::new(HostStats::default()),
-        config,
-    ));
+    let on_event = Arc::new(on_event);
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let mut options = ConnectOptions::new()
         .name(connection_name())
@@ -59,12 +119,9 @@ pub async fn connect_with(config: &NatsConfig) -> anyhow::Result<NatsConnection>
             let max = Duration::from_millis(config.reconnect_max_wait_ms);
             move |attempt| reconnect_delay(attempt, base, max)
         })
-        .event_callback({
-            let monitor = monitor.clone();
-            move |event| {
-                let monitor = monitor.clone();
-                async move { monitor.on_event(event) }
-            }
+        .event_callback(move |event| {
+            let on_event = on_event.clone();
+            async move { on_event(event) }
         });
     options = match &auth {
         NatsAuth::None => options,
@@ -110,17 +167,7 @@ pub async fn connect_with(config: &NatsConfig) -> anyhow::Result<NatsConnection>
             bound.as_millis()
         ),
     };
-    let _ = monitor.client.set(client.clone());
-    let info = client.server_info();
-    tracing::info!(
-        server = %info.server_name,
-        version = %info.version,
-        urls = %shown,
-        auth = %auth_kind(&auth),
-        tls = config.tls_required || config.tls_ca_file.is_some() || info.tls_required,
-        "connected to NATS"
-    );
-    Ok(NatsConnection { client, monitor })
+    Ok(client)
 }
 
 /// The name of an authentication method (never the secret).

@@ -10,7 +10,7 @@ mod explain;
 mod monitor;
 mod permissions;
 
-pub use self::connect::{NatsConnection, connect, connect_with, reconnect_delay};
+pub use self::connect::{NatsConnection, connect, connect_lane, connect_with, reconnect_delay};
 pub use self::embedded::{EmbeddedServer, LOCAL_ADDR, is_listening, which};
 pub use self::monitor::{ConnectionMonitor, PublishRefusalHandler};
 pub use self::permissions::{PermissionOperation, PermissionViolation};

@@ -37,14 +37,15 @@ impl Host {
                 abandoned.push(subject);
             }
         }
-        let executor = self.receiver.executor.clone();
+        // The lanes run what they queued (handing some to the workers),
+        // then the workers run theirs.
+        let lanes_done = tokio::time::timeout_at(deadline, self.lanes.stop()).await;
+        let executor = self.executor.clone();
         let workers = tokio::task::spawn_blocking(move || executor.shutdown());
-        let workers_done = tokio::time::timeout_at(deadline, async {
-            let joined = workers.await;
-            self.receiver.executor.calls_here_done().await;
-            joined
-        })
-        .await;
+        let workers_done = match lanes_done {
+            Ok(()) => tokio::time::timeout_at(deadline, workers).await,
+            Err(elapsed) => Err(elapsed),
+        };
         let flushed = match workers_done {
             Ok(joined) => {
                 joined.context("waiting for the workers")?;
@@ -53,7 +54,7 @@ impl Host {
                     // Log records of the last calls go out before the connection closes.
                     let _ = tokio::time::timeout_at(deadline, publisher.close()).await;
                 }
-                tokio::time::timeout_at(deadline, self.receiver.client.flush())
+                tokio::time::timeout_at(deadline, self.client.flush())
                     .await
                     .ok()
                     .map(|result| result.context("flushing the last replies to NATS"))

@@ -1,5 +1,5 @@
 //! The serving host: what it owns and how it starts. The request path runs
-//! through [`crate::subscription`] → [`crate::decode`] →
+//! through [`crate::subscription`] → [`crate::lane`] → [`crate::decode`] →
 //! [`crate::admission`] → [`crate::executor`] → [`crate::dispatch`] →
 //! [`crate::reply`]; the host sets it up and keeps the state it shares:
 //! the served plugins (`registry`), the versions brought in from the
@@ -23,6 +23,7 @@ use crate::admission::Admission;
 use crate::config::HostConfig;
 use crate::dispatch::CallSettings;
 use crate::executor::{Executor, WorkerContext};
+use crate::lane::{LaneConnections, LaneShared, Lanes};
 use crate::logs::{
     LogFilter, LogLevel, LogPipeline, LogPublisher, LogRecord, LogSink, NullSink, TracingSink,
 };
@@ -30,7 +31,6 @@ use crate::nats::{ConnectionMonitor, NatsConnection};
 use crate::plugin::PluginLoader;
 use crate::sources::Sources;
 use crate::stats::HostStats;
-use crate::subscription::Receiver;
 
 pub use crate::sources::{Origin, wasm_files};
 pub use registry::{EndpointStatus, PluginStatus};
@@ -40,9 +40,14 @@ pub use sync::{LoadError, LoadFailure, PluginLock, SyncOutcome};
 pub struct Host {
     config: Arc<HostConfig>,
     loader: PluginLoader,
-    /// The way from a received message to the executor, shared by every
-    /// subscription.
-    receiver: Receiver,
+    /// The host's own connection: control, discovery, logs, the workers'
+    /// replies.
+    client: Client,
+    admission: Arc<Admission>,
+    /// The worker threads, for the calls the lanes do not run.
+    executor: Arc<Executor>,
+    /// The threads that read the phase subscriptions.
+    lanes: Arc<Lanes>,
     /// The served plugins, by name.
     plugins: Mutex<BTreeMap<String, registry::ServedPlugin>>,
     stats: Arc<HostStats>,
@@ -82,6 +87,7 @@ impl Host {
         let connection = NatsConnection {
             client,
             monitor: ConnectionMonitor::detached(),
+            settings: None,
         };
         Host::with_connection(config, connection, sink).await
     }
@@ -94,7 +100,11 @@ impl Host {
         connection: NatsConnection,
         sink: Arc<dyn LogSink>,
     ) -> anyhow::Result<Host> {
-        let NatsConnection { client, monitor } = connection;
+        let NatsConnection {
+            client,
+            monitor,
+            settings,
+        } = connection;
         config.validate()?;
         let runtime = &config.runtime;
         let engine = crate::engine::build_engine(runtime)?;
@@ -159,26 +169,38 @@ impl Host {
                 sink: sink.clone(),
                 stats: stats.clone(),
                 max_in_flight: runtime.max_in_flight,
-                // Running a call where it was received needs a runtime that
-                // can hand its other tasks to another thread meanwhile.
-                inline_call_max: (runtime.inline_call_max_us > 0
-                    && tokio::runtime::Handle::current().runtime_flavor()
-                        == tokio::runtime::RuntimeFlavor::MultiThread)
+                inline_call_max: (runtime.inline_call_max_us > 0)
                     .then(|| std::time::Duration::from_micros(runtime.inline_call_max_us)),
             },
         )?;
-        let receiver = Receiver {
-            client,
-            admission: Arc::new(Admission::new(runtime)),
-            executor: Arc::new(executor),
-            max_request_bytes: runtime.max_request_bytes,
-            stats: stats.clone(),
+        let admission = Arc::new(Admission::new(runtime));
+        let executor = Arc::new(executor);
+        let lane_connections = match settings {
+            Some(settings) => LaneConnections::Own(settings, monitor.clone()),
+            None => LaneConnections::Shared(client.clone()),
         };
+        let lanes = Lanes::start(
+            runtime.worker_count(),
+            lane_connections,
+            Arc::new(LaneShared {
+                admission: admission.clone(),
+                executor: executor.clone(),
+                max_request_bytes: runtime.max_request_bytes,
+                stats: stats.clone(),
+                max_waiting: config.nats.subscription_capacity.max(1),
+                flush_timeout: std::time::Duration::from_millis(config.nats.drain_timeout_ms),
+            }),
+        )
+        .await
+        .context("starting the lanes")?;
         Ok(Host {
             sources: Sources::new(&config.plugins),
             config: Arc::new(config),
             loader,
-            receiver,
+            client,
+            admission,
+            executor,
+            lanes: Arc::new(lanes),
             plugins: Mutex::new(BTreeMap::new()),
             stats,
             sink,
@@ -210,7 +232,7 @@ impl Host {
 
     /// The NATS connection the host serves on.
     pub fn client(&self) -> &Client {
-        &self.receiver.client
+        &self.client
     }
 
     /// The unique id of this host (its service instance id in discovery).
@@ -225,7 +247,7 @@ impl Host {
 
     /// Calls queued or running now.
     pub fn in_flight(&self) -> usize {
-        self.receiver.admission.in_flight()
+        self.admission.in_flight()
     }
 
     /// A token cancelled at shutdown, for tasks that live as long as the host.
@@ -236,7 +258,7 @@ impl Host {
     /// Why the host is not ready, if it is not: NATS disconnected, or a
     /// plugin version (from the directory or the bucket) that failed to load.
     pub async fn readiness(&self) -> Result<(), String> {
-        if self.receiver.client.connection_state() != async_nats::connection::State::Connected {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err("not connected to NATS".into());
         }
         let failures = self.failures.lock().await;

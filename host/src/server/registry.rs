@@ -18,7 +18,7 @@ use crate::logs::LogLevel;
 use crate::plugin::LoadedPlugin;
 use crate::sources::Origin;
 use crate::stats::EndpointSnapshot;
-use crate::subscription::{PhaseSubscription, Served};
+use crate::subscription::PhaseSubscription;
 
 /// A plugin being served and its subscriptions.
 pub(super) struct ServedPlugin {
@@ -157,7 +157,13 @@ impl Host {
         served: &mut ServedPlugin,
         plugin: &LoadedPlugin,
     ) -> anyhow::Result<()> {
-        let errors = self.monitor.server_errors();
+        // One view of the server's errors per lane connection, each taken
+        // before subscribing.
+        let clients = self.lanes.clients();
+        let errors: Vec<_> = clients
+            .iter()
+            .map(|_| self.monitor.server_errors())
+            .collect();
         // A refusal is reported with the plugin's load failure, not by the
         // monitor as well.
         let subjects: Vec<String> = plugin
@@ -168,21 +174,29 @@ impl Host {
             .collect();
         self.monitor.confirming(&subjects);
         let mut added = Vec::new();
-        let subscribed = self.subscribe_phases(served, plugin, &mut added).await;
-        let result = match subscribed {
-            Ok(()) if added.is_empty() => Ok(()),
-            Ok(()) => self
-                .monitor
-                .confirm_subscriptions(
-                    &self.receiver.client,
-                    &added,
-                    errors,
-                    Duration::from_millis(self.config.nats.permission_check_ms),
-                )
-                .await
-                .map_err(anyhow::Error::new),
-            Err(error) => Err(error),
-        };
+        let mut result = self.subscribe_phases(served, plugin, &mut added).await;
+        if result.is_ok() && !added.is_empty() {
+            let window = Duration::from_millis(self.config.nats.permission_check_ms);
+            // Every lane's connection is heard out, so no refusal of these
+            // subjects arrives after the confirmation is over.
+            let confirmations = clients.iter().zip(errors).map(|(client, errors)| {
+                self.monitor
+                    .confirm_subscriptions(client, &added, errors, window)
+            });
+            for confirmed in futures::future::join_all(confirmations).await {
+                if let Err(violation) = confirmed
+                    && result.is_ok()
+                {
+                    result = Err(anyhow::Error::new(violation));
+                }
+            }
+            if result.is_err() {
+                // A refusal on one connection can end the others' wait
+                // early: let each connection's own refusal come in too.
+                let flushes = clients.iter().map(|client| client.flush());
+                let _ = tokio::time::timeout(window, futures::future::join_all(flushes)).await;
+            }
+        }
         self.monitor.confirmed(&subjects);
         if result.is_err() {
             let new: Vec<Phase> = served
@@ -212,14 +226,12 @@ impl Host {
             }
             let subject = self.subject(&plugin.name, phase);
             let subscription = PhaseSubscription::start(
-                &self.receiver,
+                &self.lanes,
                 subject.clone(),
                 self.config.subjects.queue_group.clone(),
-                Served {
-                    phase,
-                    plugin: served.current.clone(),
-                    permits: served.permits.clone(),
-                },
+                phase,
+                served.current.clone(),
+                served.permits.clone(),
             )
             .await?;
             added.push(subject);

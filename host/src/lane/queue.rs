@@ -1,0 +1,102 @@
+//! A lane's own queue: the jobs it has read and not started, one line per
+//! plugin, served in turn across plugins. A plugin flooded with requests
+//! delays the requests of others on the same lane by one call at most,
+//! not by its whole backlog.
+
+use std::collections::VecDeque;
+
+use crate::executor::scheduler::Scheduled;
+
+/// The jobs a lane has read, by plugin, in turn order.
+pub struct LaneQueue<J> {
+    /// One line per plugin with a job waiting; the front one goes next.
+    lines: VecDeque<VecDeque<J>>,
+}
+
+impl<J> Default for LaneQueue<J> {
+    fn default() -> Self {
+        LaneQueue {
+            lines: VecDeque::new(),
+        }
+    }
+}
+
+impl<J: Scheduled> LaneQueue<J> {
+    /// Queue `job` behind the other jobs of its plugin.
+    pub fn push(&mut self, job: J) {
+        let name = job.plugin_name();
+        match self
+            .lines
+            .iter_mut()
+            .find(|line| line[0].plugin_name() == name)
+        {
+            Some(line) => line.push_back(job),
+            None => self.lines.push_back(VecDeque::from([job])),
+        }
+    }
+
+    /// The next job: the oldest of the plugin whose turn it is, which then
+    /// goes to the back of the turn order.
+    pub fn pop(&mut self) -> Option<J> {
+        let mut line = self.lines.pop_front()?;
+        let job = line.pop_front()?;
+        if !line.is_empty() {
+            self.lines.push_back(line);
+        }
+        Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TestJob(&'static str, u32);
+
+    impl Scheduled for TestJob {
+        fn plugin_name(&self) -> &str {
+            self.0
+        }
+        fn max_concurrency(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn plugins_take_turns_whatever_their_backlog() {
+        let mut queue = LaneQueue::default();
+        for id in 0..4 {
+            queue.push(TestJob("flooded", id));
+        }
+        queue.push(TestJob("quiet", 0));
+        queue.push(TestJob("other", 0));
+        queue.push(TestJob("quiet", 1));
+        let order: Vec<(&str, u32)> = std::iter::from_fn(|| queue.pop())
+            .map(|job| (job.0, job.1))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("flooded", 0),
+                ("quiet", 0),
+                ("other", 0),
+                ("flooded", 1),
+                ("quiet", 1),
+                ("flooded", 2),
+                ("flooded", 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plugin_that_ran_out_queues_at_the_back_when_it_returns() {
+        let mut queue = LaneQueue::default();
+        queue.push(TestJob("a", 0));
+        queue.push(TestJob("b", 0));
+        assert_eq!(queue.pop().map(|j| j.0), Some("a"));
+        queue.push(TestJob("a", 1));
+        assert_eq!(queue.pop().map(|j| j.0), Some("b"));
+        assert_eq!(queue.pop().map(|j| (j.0, j.1)), Some(("a", 1)));
+        assert!(queue.pop().is_none());
+    }
+}

@@ -1,0 +1,351 @@
+//! One lane's life: connect, then read, queue and run until stopped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Message, Subject};
+use futures::FutureExt as _;
+use natsplug_protocol as protocol;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::queue::LaneQueue;
+use super::subscriptions::LaneSubscriptions;
+use super::{Command, LaneConnections, LaneShared};
+use crate::admission::{Permits, Refusal};
+use crate::decode;
+use crate::executor::warm::WarmInstances;
+use crate::executor::worker::Reply;
+use crate::executor::{Job, RunHere, worker};
+use crate::logs::LogRecord;
+use crate::reply::{self, Outcome};
+use crate::stats::{EndpointStats, HostStats};
+use crate::subscription::Served;
+
+/// How often an idle lane drops instances of unloaded plugins.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Calls a lane runs back to back before it lets its connection write
+/// their replies and read (it does whenever its queue is empty).
+const MAX_RUN_WITHOUT_IO: u32 = 32;
+
+/// The body of a lane's thread: connect (telling `ready` how it went),
+/// then serve `commands` until told to stop.
+pub(super) fn lane_thread(
+    connections: Arc<LaneConnections>,
+    shared: Arc<LaneShared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    ready: oneshot::Sender<anyhow::Result<Client>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(
+                anyhow::Error::new(error).context("building a lane's runtime")
+            ));
+            return;
+        }
+    };
+    let client = runtime.block_on(async {
+        match &*connections {
+            LaneConnections::Own(settings, monitor) => {
+                crate::nats::connect_lane(settings, monitor.clone()).await
+            }
+            LaneConnections::Shared(client) => Ok(client.clone()),
+        }
+    });
+    drop(connections);
+    let client = match client {
+        Ok(client) => client,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(client.clone()));
+    let mut lane = {
+        // Its timer belongs to the lane's runtime.
+        let _runtime = runtime.enter();
+        Lane::new(client, shared)
+    };
+    let mut commands = commands;
+    // Plugin code runs outside the runtime: WASI's blocking calls start
+    // runtimes of their own, which cannot happen inside another. A call's
+    // reply is published as the lane goes back into its runtime for the
+    // next one.
+    let mut finished = None;
+    while let Some((job, run)) = runtime.block_on(lane.next_call(&mut commands, finished.take())) {
+        let executor = lane.shared.executor.clone();
+        let plugin = job.plugin.clone();
+        let done = worker::execute(job, &mut lane.warm, executor.context());
+        drop(done.permits);
+        executor.finished_here(&plugin, run);
+        finished = Some((done.reply, done.records));
+    }
+    let flushed = runtime.block_on(async {
+        tokio::time::timeout(lane.shared.flush_timeout, lane.client.flush()).await
+    });
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not flush a lane's last replies"),
+        Err(_) => tracing::warn!("gave up flushing a lane's last replies: is NATS reachable?"),
+    }
+}
+
+/// What woke an idle lane.
+enum Woken {
+    Command(Option<Command>),
+    Message(Message, Arc<Served>),
+    Waited,
+    Sweep,
+}
+
+struct Lane {
+    client: Client,
+    shared: Arc<LaneShared>,
+    queue: LaneQueue<Job>,
+    subscriptions: LaneSubscriptions,
+    warm: WarmInstances,
+    /// Requests of this lane waiting for a slot.
+    waiting: Arc<AtomicUsize>,
+    /// Told when one of them stops waiting.
+    waited: Arc<Notify>,
+    sweep: tokio::time::Interval,
+    /// Told to stop: ends once nothing is queued or waiting.
+    stopping: bool,
+    /// Calls run since the connection last had its turn.
+    run_in_a_row: u32,
+}
+
+impl Lane {
+    fn new(client: Client, shared: Arc<LaneShared>) -> Lane {
+        Lane {
+            client,
+            shared,
+            queue: LaneQueue::default(),
+            subscriptions: LaneSubscriptions::default(),
+            warm: WarmInstances::default(),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            waited: Arc::new(Notify::new()),
+            sweep: {
+                let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                sweep
+            },
+            stopping: false,
+            run_in_a_row: 0,
+        }
+    }
+
+    /// The next call to run on this lane, once read and admitted; `None`
+    /// once stopped with nothing left. Meanwhile: commands, reading,
+    /// handing calls of slow plugins to the workers, sweeping.
+    async fn next_call(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        finished: Option<(Option<Reply>, Vec<LogRecord>)>,
+    ) -> Option<(Job, RunHere)> {
+        if let Some((reply, records)) = finished {
+            let context = self.shared.executor.context();
+            if let Some(reply) = reply {
+                reply.publish(&self.client, &context.stats).await;
+            }
+            worker::emit(records, context);
+        }
+        loop {
+            while let Ok(command) = commands.try_recv() {
+                self.stopping |= self.apply(command).await;
+            }
+            self.take_arrived().await;
+            if let Some(job) = self.queue.pop() {
+                let executor = &self.shared.executor;
+                let Some(run) = executor.may_run_here(&job) else {
+                    executor.submit(job);
+                    continue;
+                };
+                // The connection writes the replies and reads more when the
+                // lane waits; a long run of queued calls lets it in between.
+                self.run_in_a_row += 1;
+                if self.run_in_a_row == MAX_RUN_WITHOUT_IO {
+                    self.run_in_a_row = 0;
+                    tokio::task::yield_now().await;
+                }
+                return Some((job, run));
+            }
+            self.run_in_a_row = 0;
+            if self.stopping && self.waiting.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            let accepting = self.accepting();
+            let woken = tokio::select! {
+                biased;
+                command = commands.recv() => Woken::Command(command),
+                (message, served) = self.subscriptions.next(), if accepting => {
+                    Woken::Message(message, served)
+                }
+                _ = self.waited.notified() => Woken::Waited,
+                _ = self.sweep.tick() => Woken::Sweep,
+            };
+            match woken {
+                Woken::Command(Some(command)) => self.stopping |= self.apply(command).await,
+                Woken::Command(None) => self.stopping = true,
+                Woken::Message(message, served) => self.receive(message, served).await,
+                Woken::Waited => {}
+                Woken::Sweep => self.warm.sweep(&self.shared.stats),
+            }
+        }
+    }
+
+    /// Apply `command`; whether it is the one to stop.
+    async fn apply(&mut self, command: Command) -> bool {
+        match command {
+            Command::Subscribe {
+                subject,
+                queue_group,
+                served,
+                done,
+            } => {
+                let result = self
+                    .client
+                    .queue_subscribe(subject.clone(), queue_group)
+                    .await
+                    .map(|subscriber| self.subscriptions.add(subject, subscriber, served));
+                let _ = done.send(result);
+                false
+            }
+            Command::Drain { subject, done } => {
+                self.subscriptions.drain(&subject, done).await;
+                false
+            }
+            Command::Stop => true,
+        }
+    }
+
+    /// Whether to read more: not while as many requests as the NATS
+    /// client buffers per subscription wait for a slot.
+    fn accepting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) < self.shared.max_waiting
+    }
+
+    /// Take every message that has arrived, without waiting.
+    async fn take_arrived(&mut self) {
+        while self.accepting() {
+            let Some((message, served)) = self.subscriptions.next().now_or_never() else {
+                return;
+            };
+            self.receive(message, served).await;
+        }
+    }
+
+    /// Take one message: refuse it (answered here), queue it, or leave it
+    /// waiting for a slot.
+    async fn receive(&mut self, message: Message, served: Arc<Served>) {
+        let received = Instant::now();
+        let stats = &self.shared.stats;
+        let Some(reply_to) = message.reply.clone() else {
+            stats.no_reply_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(subject = %message.subject, "dropped a message without a reply subject");
+            return;
+        };
+        let refused =
+            match decode::refuse_oversized(&message.payload, self.shared.max_request_bytes) {
+                Some(outcome) => outcome,
+                None => match self.shared.admission.admit_now(&served.permits) {
+                    Some(Ok(permits)) => {
+                        self.queue.push(job(&served, message, received, permits));
+                        return;
+                    }
+                    Some(Err(refusal)) => overloaded(&served, &message, refusal, stats),
+                    None => {
+                        self.wait_for_a_slot(message, served, reply_to, received);
+                        return;
+                    }
+                },
+            };
+        refuse(
+            &self.client,
+            stats,
+            reply_to,
+            refused,
+            &served.stats,
+            received,
+        )
+        .await;
+    }
+
+    /// Leave `message` waiting for a slot (the `wait` overload policy); once
+    /// admitted it goes to the workers, for this lane reads on meanwhile.
+    fn wait_for_a_slot(
+        &self,
+        message: Message,
+        served: Arc<Served>,
+        reply_to: Subject,
+        received: Instant,
+    ) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        let waiting = self.waiting.clone();
+        let waited = self.waited.clone();
+        tokio::spawn(async move {
+            match shared.admission.admit(&served.permits).await {
+                Ok(permits) => shared
+                    .executor
+                    .submit(job(&served, message, received, permits)),
+                Err(refusal) => {
+                    let stats = &shared.stats;
+                    let outcome = overloaded(&served, &message, refusal, stats);
+                    refuse(&client, stats, reply_to, outcome, &served.stats, received).await;
+                }
+            }
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            waited.notify_one();
+        });
+    }
+}
+
+fn job(served: &Served, message: Message, received: Instant, permits: Permits) -> Job {
+    Job {
+        plugin: served.plugin.load_full(),
+        phase: served.phase,
+        message,
+        endpoint: served.stats.clone(),
+        received,
+        permits,
+    }
+}
+
+/// The answer to a request `refusal` keeps from running.
+fn overloaded(served: &Served, message: &Message, refusal: Refusal, stats: &HostStats) -> Outcome {
+    stats.overloaded.fetch_add(1, Ordering::Relaxed);
+    let current = served.plugin.load();
+    Outcome::failure_with_mode(
+        protocol::peek_request_id(&message.payload),
+        refusal.error(&current.name),
+        current.limits.failure_mode(served.phase),
+    )
+}
+
+/// Answer a request refused before it reached a plugin.
+async fn refuse(
+    client: &Client,
+    stats: &HostStats,
+    reply_to: Subject,
+    outcome: Outcome,
+    endpoint: &EndpointStats,
+    received: Instant,
+) {
+    // Count before replying, so a caller that has its reply sees it counted.
+    endpoint.record(received.elapsed(), outcome.failure_cause());
+    reply::publish(
+        client,
+        reply_to,
+        outcome.payload,
+        outcome.error.as_ref(),
+        stats,
+    )
+    .await;
+}
