@@ -5,7 +5,7 @@
 //! its own, on which it holds a queue subscription for every served phase
 //! subject. The server spreads each subject's requests over all lanes of
 //! all hosts in the queue group. A lane reads what has arrived into its own
-//! fair queue ([`queue`]), runs the calls of plugins whose last call was
+//! fair queue (`queue.rs`), runs the calls of plugins whose last call was
 //! short right there and writes their replies on its own connection: under
 //! load, a request crosses no thread. Calls of plugins that were slow, or
 //! that must wait for a slot, go to the executor's workers, so a plugin

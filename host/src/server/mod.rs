@@ -78,7 +78,9 @@ impl Host {
     }
 
     /// Like [`Host::new`], with log records also going to `sink` (besides
-    /// the host's own log and NATS).
+    /// the host's own log and NATS). The lanes share `client`; a host built
+    /// with [`Host::with_connection`] on a connection from
+    /// [`crate::nats::connect_with`] gives each lane a connection of its own.
     pub async fn with_sink(
         config: HostConfig,
         client: Client,
