@@ -7,7 +7,8 @@
 //! delay NATS I/O, and a plugin flooded with slow requests delays its
 //! neighbours by one call at most. Each worker keeps one warm instance per
 //! plugin (`warm`) and publishes the reply itself (`worker`). The scheduler
-//! also counts the calls lanes run, so a plugin's cap holds for all.
+//! also counts the calls lanes run of plugins with a cap of their own, so
+//! such a cap holds for lanes and workers together.
 
 pub mod scheduler;
 pub mod warm;
