@@ -160,6 +160,7 @@ impl Host {
         // One view of the server's errors per lane connection, each taken
         // before subscribing.
         let clients = self.lanes.clients();
+        let violations_before = self.stats.permission_violations.load(Ordering::Relaxed);
         let errors: Vec<_> = clients
             .iter()
             .map(|_| self.monitor.server_errors())
@@ -192,9 +193,16 @@ impl Host {
             }
             if result.is_err() {
                 // A refusal on one connection can end the others' wait
-                // early: let each connection's own refusal come in too.
-                let flushes = clients.iter().map(|client| client.flush());
-                let _ = tokio::time::timeout(window, futures::future::join_all(flushes)).await;
+                // early: every connection made the refused subscription, so
+                // wait (bounded) until each one's refusal has come in and
+                // been counted, before refusals are logged again.
+                let deadline = tokio::time::Instant::now() + window;
+                while self.stats.permission_violations.load(Ordering::Relaxed) - violations_before
+                    < clients.len() as u64
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
         }
         self.monitor.confirmed(&subjects);
