@@ -22,14 +22,6 @@ pub struct Permits {
     pub host: OwnedSemaphorePermit,
 }
 
-impl Permits {
-    /// Whether the call holding these is the only one in flight on a host
-    /// with `max_in_flight` slots.
-    pub fn alone(&self, max_in_flight: usize) -> bool {
-        self.host.semaphore().available_permits() + 1 >= max_in_flight
-    }
-}
-
 /// Which cap refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -145,7 +137,6 @@ mod tests {
         let admission = Admission::new(&runtime(4, OverloadPolicy::Reject));
         let plugin = Arc::new(Semaphore::new(1));
         let held = admission.admit(&plugin).await.unwrap();
-        assert!(held.alone(4));
         let refusal = admission.admit(&plugin).await.unwrap_err();
         assert_eq!(refusal, Refusal::PluginFull);
         let refused = refusal.error("p");

@@ -81,8 +81,6 @@ pub struct WorkerContext {
     pub settings: CallSettings,
     pub sink: Arc<dyn LogSink>,
     pub stats: Arc<HostStats>,
-    /// `runtime.max_in_flight`: the host's slots.
-    pub max_in_flight: usize,
     /// `runtime.inline_call_max_us`: the longest last call of a plugin for
     /// its next request to run on the lane that received it; `None`: never.
     pub inline_call_max: Option<Duration>,

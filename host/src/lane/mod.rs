@@ -91,7 +91,7 @@ impl Lanes {
     ) -> anyhow::Result<Lanes> {
         let shared_connection = matches!(connections, LaneConnections::Shared(_));
         let connections = Arc::new(connections);
-        let mut lanes = Vec::with_capacity(count);
+        let mut starting = Vec::with_capacity(count);
         let mut ended = Vec::with_capacity(count);
         for index in 0..count {
             let (commands, receiver) = mpsc::unbounded_channel();
@@ -107,6 +107,11 @@ impl Lanes {
                 })
                 .context("starting a lane thread")?;
             ended.push(lane_ended);
+            starting.push((commands, connected));
+        }
+        // The lanes connect side by side.
+        let mut lanes = Vec::with_capacity(count);
+        for (index, (commands, connected)) in starting.into_iter().enumerate() {
             let client = connected
                 .await
                 .context("a lane thread ended while connecting")?

@@ -170,7 +170,6 @@ impl Host {
                 settings: CallSettings::from_runtime(runtime, max_reply_bytes),
                 sink: sink.clone(),
                 stats: stats.clone(),
-                max_in_flight: runtime.max_in_flight,
                 inline_call_max: (runtime.inline_call_max_us > 0)
                     .then(|| std::time::Duration::from_micros(runtime.inline_call_max_us)),
             },
