@@ -3,10 +3,11 @@
 //! `X-Forwarded-For`/`-Host`/`-Proto`) are added, and every exchange
 //! carries a W3C `traceparent`, the client's or a new one.
 
+use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
-use natsplug_protocol::HeaderList;
+use crate::headers::Head;
 
 /// The pseudonym the gateway gives itself in `Via`.
 pub const VIA_PSEUDONYM: &str = "natsplug";
@@ -14,7 +15,7 @@ pub const VIA_PSEUDONYM: &str = "natsplug";
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1;
 /// `Proxy-Connection` and `Keep-Alive` from HTTP/1.0 practice, `TE` and
 /// `Trailer` as Pingora strips them towards the upstream).
-const HOP_BY_HOP: [&str; 8] = [
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "proxy-connection",
     "keep-alive",
@@ -25,31 +26,36 @@ const HOP_BY_HOP: [&str; 8] = [
     "http2-settings",
 ];
 
-/// Whether `name` (any case) is a hop-by-hop field, or one the
-/// `Connection` field lists (`nominated`, lower case).
-pub fn is_hop_by_hop(name: &str, nominated: &[String]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+/// The field names listed in the `Connection` fields of `head`, lower case.
+pub fn nominated(head: &impl Head) -> Vec<String> {
+    let mut names = Vec::new();
+    head.each_value("connection", |value| {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return;
+        };
+        names.extend(
+            value
+                .split(',')
+                .map(|token| token.trim().to_ascii_lowercase())
+                .filter(|token| !token.is_empty()),
+        );
+    });
+    names
 }
 
-/// The field names listed in the `Connection` fields of `headers`.
-pub fn nominated(headers: &HeaderList) -> Vec<String> {
-    headers
+/// Remove the hop-by-hop fields from `head`, and the ones its `Connection`
+/// fields name, except those `keep` keeps.
+pub fn remove_hop_by_hop(head: &mut impl Head, keep: impl Fn(&str) -> bool) {
+    let nominated = nominated(head);
+    for name in HOP_BY_HOP
         .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, value)| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
-        .collect()
-}
-
-/// `headers` without the hop-by-hop fields.
-pub fn without_hop_by_hop(headers: HeaderList) -> HeaderList {
-    let nominated = nominated(&headers);
-    headers
-        .into_iter()
-        .filter(|(name, _)| !is_hop_by_hop(name, &nominated))
-        .collect()
+        .copied()
+        .chain(nominated.iter().map(String::as_str))
+    {
+        if !keep(name) {
+            head.remove_all(name);
+        }
+    }
 }
 
 /// Who asked, as the forwarding fields tell it.
@@ -63,76 +69,76 @@ pub struct Client<'a> {
     pub version: &'a str,
 }
 
-/// Add the forwarding fields for `client` to a request's `headers`:
+/// Add the forwarding fields for `client` to a request's `head`:
 /// `X-Forwarded-For` (the client's address appended), `Forwarded` (an
 /// element appended), `X-Forwarded-Host`, `X-Forwarded-Proto` and `Via`.
-pub fn add_forwarding(headers: &mut HeaderList, client: &Client<'_>) {
+pub fn add_forwarding(head: &mut impl Head, client: &Client<'_>) {
+    let mut text = String::with_capacity(64);
     if let Some(ip) = client.ip {
-        append_to(headers, "x-forwarded-for", &ip.to_string());
-    }
-    let mut element = Vec::new();
-    if let Some(ip) = client.ip {
-        element.push(match ip {
-            IpAddr::V4(v4) => format!("for={v4}"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-        });
+        let _ = write!(text, "{ip}");
+        head.add_to_list("x-forwarded-for", &text);
+        text.clear();
+        let _ = match ip {
+            IpAddr::V4(v4) => write!(text, "for={v4};"),
+            IpAddr::V6(v6) => write!(text, "for=\"[{v6}]\";"),
+        };
     }
     if let Some(host) = client.host {
-        element.push(format!("host=\"{}\"", host.replace(['"', '\\'], "")));
+        text.push_str("host=\"");
+        text.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+        text.push_str("\";");
     }
-    element.push("proto=http".into());
-    append_to(headers, "forwarded", &element.join(";"));
+    text.push_str("proto=http");
+    head.add_to_list("forwarded", &text);
     if let Some(host) = client.host
-        && !headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-host"))
+        && !head.has("x-forwarded-host")
     {
-        headers.push(("x-forwarded-host".into(), host.to_string()));
+        head.add("x-forwarded-host", host);
     }
-    if !headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-proto"))
-    {
-        headers.push(("x-forwarded-proto".into(), "http".into()));
+    if !head.has("x-forwarded-proto") {
+        head.add("x-forwarded-proto", "http");
     }
-    add_via(headers, client.version);
+    add_via(head, client.version);
 }
 
-/// Append this gateway to the `Via` field of `headers`, for a message
+/// Append this gateway to the `Via` field of `head`, for a message
 /// received with protocol `version`.
-pub fn add_via(headers: &mut HeaderList, version: &str) {
-    append_to(headers, "via", &format!("{version} {VIA_PSEUDONYM}"));
-}
-
-/// Append `value` to the list field `name`: joined to its last line with
-/// `, `, or as a new line when the field is absent.
-fn append_to(headers: &mut HeaderList, name: &str, value: &str) {
-    match headers
-        .iter_mut()
-        .rev()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-    {
-        Some((_, existing)) if !existing.trim().is_empty() => {
-            existing.push_str(", ");
-            existing.push_str(value);
-        }
-        Some((_, existing)) => *existing = value.to_string(),
-        None => headers.push((name.to_string(), value.to_string())),
-    }
+pub fn add_via(head: &mut impl Head, version: &str) {
+    let mut text = String::with_capacity(version.len() + 1 + VIA_PSEUDONYM.len());
+    text.push_str(version);
+    text.push(' ');
+    text.push_str(VIA_PSEUDONYM);
+    head.add_to_list("via", &text);
 }
 
 /// The exchange's `traceparent`: the client's when it is a valid W3C
 /// trace context (version 00: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all
 /// zero), else a new one. Returns it and whether it was made here.
-pub fn traceparent(headers: &HeaderList) -> (String, bool) {
-    let given = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
-        .map(|(_, v)| v.trim());
+pub fn traceparent(head: &impl Head) -> (String, bool) {
+    let given = head
+        .first_value("traceparent")
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .map(str::trim);
     match given {
         Some(value) if valid_traceparent(value) => (value.to_string(), false),
         _ => (new_traceparent(), true),
     }
+}
+
+/// Make `value` the one `traceparent` of `head`: left where it is when
+/// `head` holds exactly it, else every other one removed and it added.
+pub fn set_traceparent(head: &mut impl Head, value: &str) {
+    let mut count = 0;
+    let mut same = true;
+    head.each_value("traceparent", |given| {
+        count += 1;
+        same &= given == value.as_bytes();
+    });
+    if count == 1 && same {
+        return;
+    }
+    head.remove_all("traceparent");
+    head.add("traceparent", value);
 }
 
 /// Whether `value` is a well-formed version-00 `traceparent`.
@@ -173,11 +179,14 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::list;
+    use crate::headers::{header_list, list};
+    use http::HeaderValue;
+    use natsplug_protocol::HeaderList;
+    use pingora::http::{RequestHeader, ResponseHeader};
 
     #[test]
     fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped() {
-        let headers = list(&[
+        let mut headers = list(&[
             ("Host", "a"),
             ("Connection", "keep-alive, X-Secret"),
             ("Keep-Alive", "timeout=5"),
@@ -186,10 +195,84 @@ mod tests {
             ("Upgrade", "h2c"),
             ("accept", "*/*"),
         ]);
+        remove_hop_by_hop(&mut headers, |_| false);
+        assert_eq!(headers, list(&[("Host", "a"), ("accept", "*/*")]));
+        let mut response = ResponseHeader::build(101, None).unwrap();
+        for (name, value) in [
+            ("Connection", "upgrade, x-secret"),
+            ("Upgrade", "websocket"),
+            ("X-Secret", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("Keep-Alive", "timeout=5"),
+        ] {
+            response.append_header(name, value).unwrap();
+        }
+        remove_hop_by_hop(&mut response, |name| {
+            matches!(name, "transfer-encoding" | "upgrade" | "connection")
+        });
         assert_eq!(
-            without_hop_by_hop(headers),
-            list(&[("Host", "a"), ("accept", "*/*")])
+            header_list(&response.headers),
+            list(&[
+                ("connection", "upgrade, x-secret"),
+                ("upgrade", "websocket"),
+                ("transfer-encoding", "chunked"),
+            ])
         );
+    }
+
+    /// The plugins see a header list and the upstream gets a Pingora head;
+    /// the gateway's changes must leave both saying the same, or the
+    /// plugins' changes would be written back wrongly.
+    #[test]
+    fn a_header_list_and_a_pingora_head_get_the_same_changes() {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        for (name, value) in [
+            ("Host", "api.example.com"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("Forwarded", " "),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("traceparent", "second"),
+            ("accept", "*/*"),
+        ] {
+            request.append_header(name, value).unwrap();
+        }
+        request
+            .append_header("x-raw", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .unwrap();
+        let client = Client {
+            ip: Some("192.0.2.7".parse().unwrap()),
+            host: Some("api.example.com"),
+            version: "1.1",
+        };
+        let mut shown = header_list(&request.headers);
+        let (trace, made) = traceparent(&request);
+        assert!(!made);
+        set_traceparent(&mut shown, &trace);
+        add_forwarding(&mut shown, &client);
+        set_traceparent(&mut request, &trace);
+        add_forwarding(&mut request, &client);
+        // A map keeps each name's values together, not the order of names.
+        let by_name = |mut list: HeaderList| {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list
+        };
+        assert_eq!(by_name(header_list(&request.headers)), by_name(shown));
+        assert_eq!(
+            request.headers.get("x-raw").unwrap().as_bytes(),
+            b"caf\xe9",
+            "a value nobody changed keeps its bytes"
+        );
+        let fields: Vec<_> = request.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(fields, ["10.0.0.1", "10.0.0.2, 192.0.2.7"]);
+        assert_eq!(
+            request.headers.get("forwarded").unwrap(),
+            "for=192.0.2.7;host=\"api.example.com\";proto=http"
+        );
+        assert_eq!(request.headers.get_all("traceparent").iter().count(), 1);
     }
 
     #[test]

@@ -1,10 +1,155 @@
-//! Between Pingora's headers and the protocol's header lists: reading a
-//! message's fields as text for the plugins, and writing back only the
-//! fields the plugins changed, so the others keep their exact bytes.
+//! Between Pingora's message heads and the protocol's header lists:
+//! [`Head`], the few operations the gateway's own changes need, over
+//! both; reading a message's fields as text for the plugins; and writing
+//! back only the fields the plugins changed, so the others keep their
+//! exact bytes.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use natsplug_protocol::HeaderList;
 use pingora::http::{RequestHeader, ResponseHeader};
+
+/// The fields of a message head as the gateway changes them: a Pingora
+/// request or response head, or the header list the plugins see. Names
+/// are given in lower case and matched in any case.
+pub trait Head {
+    /// Whether a field is named `name`.
+    fn has(&self, name: &str) -> bool;
+    /// Call `each` with every value of `name`, in order.
+    fn each_value(&self, name: &str, each: impl FnMut(&[u8]));
+    /// The first value of `name`.
+    fn first_value(&self, name: &str) -> Option<&[u8]>;
+    /// Remove every field named `name`.
+    fn remove_all(&mut self, name: &str);
+    /// Add the field `name: value` after the others.
+    fn add(&mut self, name: &'static str, value: &str);
+    /// Add `value` to the list field `name`: joined to its last line with
+    /// `, `, in place of an empty last line, or as a new line when the
+    /// field is absent.
+    fn add_to_list(&mut self, name: &'static str, value: &str);
+}
+
+impl Head for HeaderList {
+    fn has(&self, name: &str) -> bool {
+        self.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    fn each_value(&self, name: &str, mut each: impl FnMut(&[u8])) {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .for_each(|(_, value)| each(value.as_bytes()));
+    }
+
+    fn first_value(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_bytes())
+    }
+
+    fn remove_all(&mut self, name: &str) {
+        self.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    fn add(&mut self, name: &'static str, value: &str) {
+        self.push((name.to_string(), value.to_string()));
+    }
+
+    fn add_to_list(&mut self, name: &'static str, value: &str) {
+        match self
+            .iter_mut()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, last)) if !last.trim().is_empty() => {
+                let kept = last.trim_end().len();
+                last.truncate(kept);
+                last.drain(..last.len() - last.trim_start().len());
+                last.push_str(", ");
+                last.push_str(value);
+            }
+            Some((_, last)) => *last = value.to_string(),
+            None => self.add(name, value),
+        }
+    }
+}
+
+/// [`Head`] for Pingora's heads, which keep each name's case beside their
+/// `HeaderMap`: names are added and removed through their methods, values
+/// changed in the map.
+macro_rules! pingora_head {
+    ($head:ty) => {
+        impl Head for $head {
+            fn has(&self, name: &str) -> bool {
+                self.headers.contains_key(name)
+            }
+
+            fn each_value(&self, name: &str, mut each: impl FnMut(&[u8])) {
+                self.headers
+                    .get_all(name)
+                    .iter()
+                    .for_each(|value| each(value.as_bytes()));
+            }
+
+            fn first_value(&self, name: &str) -> Option<&[u8]> {
+                self.headers.get(name).map(HeaderValue::as_bytes)
+            }
+
+            fn remove_all(&mut self, name: &str) {
+                if self.headers.contains_key(name) {
+                    self.remove_header(name);
+                }
+            }
+
+            fn add(&mut self, name: &'static str, value: &str) {
+                match HeaderValue::from_str(value) {
+                    // A static lower-case name and a valid value: appending
+                    // cannot fail.
+                    Ok(value) => drop(self.append_header(name, value)),
+                    Err(_) => tracing::warn!(name, value, "not a valid field value; left out"),
+                }
+            }
+
+            fn add_to_list(&mut self, name: &'static str, value: &str) {
+                let mut lines: Vec<HeaderValue> =
+                    self.headers.get_all(name).iter().cloned().collect();
+                let Some(last) = lines.pop() else {
+                    return self.add(name, value);
+                };
+                match joined_line(&last, value) {
+                    Ok(joined) => lines.push(joined),
+                    Err(_) => {
+                        tracing::warn!(name, value, "not a valid field value; left out");
+                        return;
+                    }
+                }
+                // The heads change values only by name: all of them again.
+                self.remove_header(name);
+                for line in lines {
+                    let _ = self.append_header(name, line);
+                }
+            }
+        }
+    };
+}
+
+pingora_head!(RequestHeader);
+pingora_head!(ResponseHeader);
+
+/// `line` with `value` joined to it by `, `, or `value` alone in place of
+/// an empty `line`.
+fn joined_line(
+    line: &HeaderValue,
+    value: &str,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let existing = line.as_bytes().trim_ascii();
+    if existing.is_empty() {
+        return HeaderValue::from_str(value);
+    }
+    let mut bytes = Vec::with_capacity(existing.len() + 2 + value.len());
+    bytes.extend_from_slice(existing);
+    bytes.extend_from_slice(b", ");
+    bytes.extend_from_slice(value.as_bytes());
+    HeaderValue::from_bytes(&bytes)
+}
 
 /// The fields of `map`, in order, as text: a value that is not UTF-8 is
 /// shown to plugins with U+FFFD in place of the bad bytes (and forwarded
@@ -59,37 +204,48 @@ pub fn apply_difference(
     after: &HeaderList,
 ) -> Refused {
     let mut refused = Refused::new();
-    let mut names: Vec<String> = before
+    if before == after {
+        return refused;
+    }
+    let mut names: Vec<&str> = before
         .iter()
         .chain(after)
-        .map(|(name, _)| name.to_ascii_lowercase())
+        .map(|(n, _)| n.as_str())
         .collect();
-    names.sort();
-    names.dedup();
+    names.sort_unstable_by(|a, b| cmp_ignoring_case(a, b));
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
     for name in names {
-        let values = |list: &HeaderList| -> Vec<String> {
-            list.iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        let wanted = values(after);
-        if values(before) == wanted {
+        let wanted = values_of(after, name);
+        if values_of(before, name) == wanted {
             continue;
         }
         let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-            refused.push(name);
+            refused.push(name.to_ascii_lowercase());
             continue;
         };
         target.remove(&header);
         for value in wanted {
-            match HeaderValue::from_str(&value) {
+            match HeaderValue::from_str(value) {
                 Ok(value) => target.append(header.clone(), value),
-                Err(_) => refused.push(format!("{name}: {value}")),
+                Err(_) => refused.push(format!("{}: {value}", header.as_str())),
             }
         }
     }
     refused
+}
+
+/// The values of `name` in `list`, in order.
+fn values_of<'a>(list: &'a HeaderList, name: &str) -> Vec<&'a str> {
+    list.iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn cmp_ignoring_case(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .cmp(b.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
 /// A header list of `(name, value)` pairs, for the tests.

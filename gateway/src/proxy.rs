@@ -11,6 +11,7 @@
 //! that phase; `logging` counts the exchange and sends the chain's
 //! `logging` calls without waiting for them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,13 +70,11 @@ pub struct ExchangeContext {
     route: Option<Arc<Route>>,
     /// The chain's view of the exchange (routes with plugins only).
     exchange: Option<Exchange>,
-    /// The client's fields as text, without the hop-by-hop ones: what the
-    /// upstream request holds before the gateway changes it.
-    client_headers: HeaderList,
-    /// The request head as the upstream should get it.
-    forwarded_headers: HeaderList,
-    /// The client's request target (path and query).
-    target: String,
+    /// The request fields as the chain's first plugin saw them: the
+    /// client's, without the hop-by-hop ones, with the forwarding fields
+    /// and the `traceparent` (routes with plugins only). What the plugins
+    /// changed is the difference between these and the exchange's.
+    shown_headers: HeaderList,
     body: BodyPlan,
     /// The status the client was answered with, once known.
     status: Option<u16>,
@@ -101,15 +100,40 @@ fn version_text(version: http::Version) -> &'static str {
 
 /// The host a request is for: its `:authority` (HTTP/2, absolute form) or
 /// its `Host` field.
-fn request_host(request: &RequestHeader) -> Option<String> {
+fn request_host(request: &RequestHeader) -> Option<&str> {
     if let Some(authority) = request.uri.authority() {
-        return Some(authority.as_str().to_string());
+        return Some(authority.as_str());
     }
     request
         .headers
         .get(http::header::HOST)
         .and_then(|value| value.to_str().ok())
-        .map(str::to_string)
+}
+
+/// The client's address, when the connection has one.
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|address| address.as_inet())
+        .map(|address| address.ip())
+}
+
+/// Who sent `session`'s request, as the forwarding fields tell it.
+fn client_of(session: &Session) -> Client<'_> {
+    let request = session.req_header();
+    Client {
+        ip: client_ip(session),
+        host: request_host(request),
+        version: version_text(request.version),
+    }
+}
+
+/// The client's request target (path and query).
+fn request_target(request: &RequestHeader) -> &str {
+    request
+        .uri
+        .path_and_query()
+        .map_or_else(|| request.uri.path(), |target| target.as_str())
 }
 
 /// Whether some plugin of the route's chain may implement `phase`.
@@ -130,33 +154,14 @@ fn has_body(method: http::Method, status: http::StatusCode) -> bool {
         && status != http::StatusCode::NOT_MODIFIED
 }
 
-/// `headers` with `traceparent` set to `value`.
-fn with_traceparent(mut headers: HeaderList, value: &str) -> HeaderList {
-    headers.retain(|(name, _)| !name.eq_ignore_ascii_case("traceparent"));
-    headers.push(("traceparent".into(), value.to_string()));
-    headers
-}
-
 /// Fields of a response that describe the upstream connection, removed
 /// before the client sees it. `Transfer-Encoding` stays: Pingora frames
 /// the client's body from it.
 fn strip_response_hop_by_hop(response: &mut ResponseHeader) {
-    let nominated = forwarding::nominated(&header_list(&response.headers));
     let upgrading = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let names: Vec<http::HeaderName> = response
-        .headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name != "transfer-encoding"
-                && !(upgrading && (name == "upgrade" || name == "connection"))
-                && forwarding::is_hop_by_hop(name, &nominated)
-        })
-        .cloned()
-        .collect();
-    for name in names {
-        response.remove_header(&name);
-    }
+    forwarding::remove_hop_by_hop(response, |name| {
+        name == "transfer-encoding" || (upgrading && (name == "upgrade" || name == "connection"))
+    });
 }
 
 /// Replace `response`'s status and fields by `status` and `headers`, for
@@ -186,9 +191,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: None,
             exchange: None,
-            client_headers: HeaderList::new(),
-            forwarded_headers: HeaderList::new(),
-            target: String::new(),
+            shown_headers: HeaderList::new(),
             body: BodyPlan::Pass,
             status: None,
             _in_flight: self.in_flight.enter(),
@@ -201,13 +204,6 @@ impl ProxyHttp for Gateway {
         ctx: &mut ExchangeContext,
     ) -> Result<bool> {
         ctx.started = Instant::now();
-        let request = session.req_header();
-        let host = request_host(request);
-        let path = request.uri.path().to_string();
-        ctx.target = request
-            .uri
-            .path_and_query()
-            .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
         let Some(running) = self.started.get() else {
             // The listener opens only once start-up is done.
             return Err(Error::explain(
@@ -215,42 +211,36 @@ impl ProxyHttp for Gateway {
                 "the gateway is starting",
             ));
         };
-        let Some(route) = running.routes.find(host.as_deref(), &path).cloned() else {
-            let failure = Failure::no_route(host.as_deref(), &path);
+        let request = session.req_header();
+        let host = request_host(request);
+        let path = request.uri.path();
+        let Some(route) = running.routes.find(host, path).cloned() else {
+            let failure = Failure::no_route(host, path);
             ctx.status = Some(failure.status);
             failure::respond(session, &failure).await;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-
-        let request = session.req_header();
-        ctx.client_headers = forwarding::without_hop_by_hop(header_list(&request.headers));
-        let (traceparent, _) = forwarding::traceparent(&ctx.client_headers);
-        let client_ip = session
-            .client_addr()
-            .and_then(|address| address.as_inet())
-            .map(|address| address.ip());
-        let mut forwarded = with_traceparent(ctx.client_headers.clone(), &traceparent);
-        forwarding::add_forwarding(
-            &mut forwarded,
-            &Client {
-                ip: client_ip,
-                host: host.as_deref(),
-                version: version_text(request.version),
-            },
-        );
-
         let Some(chain) = &route.chain else {
-            ctx.forwarded_headers = forwarded;
+            // Without plugins, the upstream request is all there is to
+            // change (`upstream_request_filter`).
             return Ok(false);
         };
+
+        let client = client_of(session);
+        let mut shown = header_list(&request.headers);
+        forwarding::remove_hop_by_hop(&mut shown, |_| false);
+        let (traceparent, _) = forwarding::traceparent(&shown);
+        forwarding::set_traceparent(&mut shown, &traceparent);
+        forwarding::add_forwarding(&mut shown, &client);
+        ctx.shown_headers = shown.clone();
         let mut exchange = chain.exchange(HttpRequest {
             method: request.method.as_str().to_string(),
-            path,
+            path: path.to_string(),
             query: request.uri.query().map(str::to_string),
-            host,
-            client_ip: client_ip.map(|ip| ip.to_string()),
-            headers: forwarded,
+            host: client.host.map(str::to_string),
+            client_ip: client.ip.map(|ip| ip.to_string()),
+            headers: shown,
             body: None,
         });
         exchange.traceparent = Some(traceparent);
@@ -294,22 +284,23 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut ExchangeContext,
     ) -> Result<()> {
-        let (headers, target) = match &ctx.exchange {
-            Some(exchange) => {
-                let request = &exchange.request;
-                let target = match &request.query {
-                    Some(query) => format!("{}?{query}", request.path),
-                    None => request.path.clone(),
-                };
-                (&request.headers, target)
-            }
-            None => (&ctx.forwarded_headers, ctx.target.clone()),
+        // The same changes the plugins' view got in `request_filter`, so
+        // that what they changed is all that differs.
+        let traceparent = match ctx.exchange.as_ref().and_then(|e| e.traceparent.clone()) {
+            Some(traceparent) => traceparent,
+            None => forwarding::traceparent(upstream_request).0,
         };
-        let refused = apply_difference(upstream_request, &ctx.client_headers, headers);
+        forwarding::set_traceparent(upstream_request, &traceparent);
+        forwarding::add_forwarding(upstream_request, &client_of(session));
+        let Some(exchange) = &ctx.exchange else {
+            return Ok(());
+        };
+        let request = &exchange.request;
+        let refused = apply_difference(upstream_request, &ctx.shown_headers, &request.headers);
         if !refused.is_empty() {
             tracing::warn!(
                 route = ctx.route_name(),
@@ -317,7 +308,11 @@ impl ProxyHttp for Gateway {
                 "request fields a plugin set are not valid HTTP; left out"
             );
         }
-        if target != ctx.target {
+        let target = match &request.query {
+            Some(query) => format!("{}?{query}", request.path),
+            None => request.path.clone(),
+        };
+        if target != request_target(session.req_header()) {
             let uri = http::Uri::try_from(target.as_str()).map_err(|_| {
                 Error::explain(
                     ErrorType::HTTPStatus(500),
@@ -336,11 +331,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut ExchangeContext,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
-        let mut via = HeaderList::new();
-        forwarding::add_via(&mut via, version_text(upstream_response.version));
-        for (name, value) in via {
-            let _ = upstream_response.append_header(name, value);
-        }
+        forwarding::add_via(upstream_response, version_text(upstream_response.version));
         ctx.status = Some(upstream_response.status.as_u16());
         let Some(route) = ctx.route.clone() else {
             return Ok(());
@@ -476,7 +467,7 @@ impl ProxyHttp for Gateway {
             target: "natsplug_gateway::access",
             route = %route,
             method = %session.req_header().method,
-            target = %ctx.target,
+            target = request_target(session.req_header()),
             status,
             duration_us = elapsed.as_micros() as u64,
             error = error.map(|e| e.to_string()),
@@ -522,11 +513,16 @@ impl ProxyHttp for Gateway {
         }
         if failure.status == 0 {
             // Not the gateway's failure nor the upstream's.
-            tracing::debug!(route = ctx.route_name(), target = %ctx.target, "{}", failure.message);
+            tracing::debug!(
+                route = ctx.route_name(),
+                target = request_target(session.req_header()),
+                "{}",
+                failure.message
+            );
         } else {
             tracing::warn!(
                 route = ctx.route_name(),
-                target = %ctx.target,
+                target = request_target(session.req_header()),
                 status = failure.status,
                 error = %error,
                 "{}",
