@@ -207,16 +207,29 @@ pub fn apply_difference(
     if before == after {
         return refused;
     }
-    let mut names: Vec<&str> = before
-        .iter()
-        .chain(after)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    names.sort_unstable_by(|a, b| cmp_ignoring_case(a, b));
-    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-    for name in names {
-        let wanted = values_of(after, name);
-        if values_of(before, name) == wanted {
+    // Both lists grouped by name (a stable sort keeps each name's values in
+    // order), then walked side by side one name at a time.
+    let (before, after) = (by_name(before), by_name(after));
+    let (mut b, mut a) = (0, 0);
+    while b < before.len() || a < after.len() {
+        let name = match (before.get(b), after.get(a)) {
+            (Some(x), Some(y)) => {
+                std::cmp::min_by(x.0.as_str(), y.0.as_str(), |x, y| cmp_ignoring_case(x, y))
+            }
+            (Some(x), None) => x.0.as_str(),
+            (None, Some(y)) => y.0.as_str(),
+            (None, None) => break,
+        };
+        let was = group_len(&before[b..], name);
+        let wanted = &after[a..a + group_len(&after[a..], name)];
+        let same = was == wanted.len()
+            && before[b..b + was]
+                .iter()
+                .zip(wanted)
+                .all(|(x, y)| x.1 == y.1);
+        b += was;
+        a += wanted.len();
+        if same {
             continue;
         }
         let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
@@ -224,7 +237,7 @@ pub fn apply_difference(
             continue;
         };
         target.remove(&header);
-        for value in wanted {
+        for (_, value) in wanted {
             match HeaderValue::from_str(value) {
                 Ok(value) => target.append(header.clone(), value),
                 Err(_) => refused.push(format!("{}: {value}", header.as_str())),
@@ -234,12 +247,19 @@ pub fn apply_difference(
     refused
 }
 
-/// The values of `name` in `list`, in order.
-fn values_of<'a>(list: &'a HeaderList, name: &str) -> Vec<&'a str> {
-    list.iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
+/// The fields of `list` ordered by name, each name's values in order.
+fn by_name(list: &HeaderList) -> Vec<&(String, String)> {
+    let mut fields: Vec<&(String, String)> = list.iter().collect();
+    fields.sort_by(|x, y| cmp_ignoring_case(&x.0, &y.0));
+    fields
+}
+
+/// How many fields at the start of `fields` are named `name`.
+fn group_len(fields: &[&(String, String)], name: &str) -> usize {
+    fields
+        .iter()
+        .take_while(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count()
 }
 
 fn cmp_ignoring_case(a: &str, b: &str) -> std::cmp::Ordering {
