@@ -17,7 +17,11 @@
 //! -c64`), after a short warm-up at the same concurrency; throughput, p50
 //! and p99 come from wrk's `--latency` output, and the CPU time per request
 //! of the upstream, the proxy (the gateway, or nginx's master and workers)
-//! and the host processes from `/proc`. Around each measured gateway cell
+//! and the host processes from `/proc`, and wrk's own once it has ended.
+//! From these the benchmark prints the ceiling the cores put on (b)/(a) at
+//! concurrency 64: a request through a proxy costs what it costs straight
+//! to the upstream plus the proxy's share, and the cores give only so much
+//! CPU time a second. Around each measured gateway cell
 //! the benchmark reads the gateway's `/metrics`, so that it can print the
 //! gateway's own split at concurrency 1: the mean duration of each phase
 //! call against the mean duration of the exchange. The same run
@@ -1136,6 +1140,8 @@ struct Cell {
     socket_errors: u64,
     /// Connections the upstream accepted during the measurement.
     upstream_connections: u64,
+    /// wrk's own.
+    load_cpu_us_per_request: f64,
     upstream_cpu_us_per_request: f64,
     /// The gateway's, or nginx's master and workers'.
     proxy_cpu_us_per_request: Option<f64>,
@@ -1328,12 +1334,14 @@ fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
                 let accepted_before = upstream_accepted(upstream_address);
                 let split_before = split();
                 let before = cpu();
+                let load_before = children_cpu();
                 let report = wrk(
                     &settings.wrk,
                     &url,
                     (threads, connections),
                     settings.seconds,
                 );
+                let load = children_cpu().saturating_sub(load_before);
                 let after = cpu();
                 let gateway_split = split()
                     .zip(split_before)
@@ -1364,6 +1372,7 @@ fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
                     percentiles_us: report.percentiles_us.clone(),
                     socket_errors: report.socket_errors,
                     upstream_connections,
+                    load_cpu_us_per_request: load.as_secs_f64() * 1e6 / report.requests as f64,
                     upstream_cpu_us_per_request: per_request(0).unwrap_or(0.0),
                     proxy_cpu_us_per_request: per_request(1),
                     host_cpu_us_per_request: per_request(2),
@@ -1534,12 +1543,113 @@ fn median_of(rounds: &[&Cell]) -> Cell {
             .collect(),
         socket_errors: rounds.iter().map(|c| c.socket_errors).sum(),
         upstream_connections: rounds.iter().map(|c| c.upstream_connections).sum(),
+        load_cpu_us_per_request: of(|c| c.load_cpu_us_per_request),
         upstream_cpu_us_per_request: of(|c| c.upstream_cpu_us_per_request),
         proxy_cpu_us_per_request: of_some(|c| c.proxy_cpu_us_per_request),
         host_cpu_us_per_request: of_some(|c| c.host_cpu_us_per_request),
         // Over every round: sums and counts add up.
         gateway_split: Split::total(rounds.iter().filter_map(|c| c.gateway_split.as_ref())),
         ..rounds[0].clone()
+    }
+}
+
+/// CPU time this process's children have used, once waited for: here,
+/// the wrk runs that have ended.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// What the cores allow a proxy at concurrency 64, from the run's own
+/// figures. A request through a proxy costs at least what it costs straight
+/// to the upstream (wrk's share and the upstream's, as measured at (a)) plus
+/// the proxy's own; the machine's cores give at most that many µs of CPU
+/// per µs, so (b) ≤ cores / (direct + proxy) requests per µs, whatever the
+/// proxy does. A proxy reads and answers each request as the upstream
+/// does, and sends it on and reads the answer as wrk does: it cannot cost
+/// much less than the upstream alone.
+struct Ceiling {
+    cores: usize,
+    /// (a)'s rate.
+    direct_rate: f64,
+    /// wrk's and the upstream's CPU µs per request at (a).
+    load_us: f64,
+    upstream_us: f64,
+    /// The proxy CPU µs per request that still allows 0.8 × (a).
+    budget_us: f64,
+    /// The gateway's and nginx's CPU µs per request, and the bound each gives.
+    gateway: Option<(f64, f64)>,
+    nginx: Option<(f64, f64)>,
+}
+
+impl Ceiling {
+    fn of(summary: &[Cell], nginx: Option<&Cell>) -> Ceiling {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let direct = find_cell(summary, "a", 64);
+        let direct_us = direct.load_cpu_us_per_request + direct.upstream_cpu_us_per_request;
+        let direct_rate = direct.requests_per_second;
+        // Requests per second the cores allow at `us` of CPU per request.
+        let allowed = |us: f64| cores as f64 * 1e6 / us;
+        let bound = |cell: &Cell| {
+            cell.proxy_cpu_us_per_request
+                .map(|proxy| (proxy, allowed(direct_us + proxy) / direct_rate))
+        };
+        Ceiling {
+            cores,
+            direct_rate,
+            load_us: direct.load_cpu_us_per_request,
+            upstream_us: direct.upstream_cpu_us_per_request,
+            budget_us: allowed(0.8 * direct_rate) - direct_us,
+            gateway: bound(find_cell(summary, "b", 64)),
+            nginx: nginx.and_then(bound),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let figures = |f: Option<(f64, f64)>| {
+            f.map(|(us, bound)| serde_json::json!({ "cpu_us_per_request": us, "bound": bound }))
+        };
+        serde_json::json!({
+            "cores": self.cores,
+            "direct_requests_per_second": self.direct_rate,
+            "direct_wrk_cpu_us_per_request": self.load_us,
+            "direct_upstream_cpu_us_per_request": self.upstream_us,
+            "proxy_cpu_us_per_request_for_0_8": self.budget_us,
+            "gateway": figures(self.gateway),
+            "nginx": figures(self.nginx),
+        })
+    }
+}
+
+impl std::fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let direct_us = self.load_us + self.upstream_us;
+        write!(
+            f,
+            "ceiling at c=64: a request straight to the upstream costs {direct_us:.1} µs of CPU (wrk {:.1}, upstream {:.1}); \
+             through a proxy costing P µs, {} cores allow (b)/(a) ≤ {} × 10⁶ / (({direct_us:.1} + P) × {:.0}); \
+             0.8 leaves a proxy {:.1} µs per request, about what the upstream alone takes to answer it",
+            self.load_us,
+            self.upstream_us,
+            self.cores,
+            self.cores,
+            self.direct_rate,
+            self.budget_us
+        )?;
+        for (name, figures) in [("nginx", self.nginx), ("gateway", self.gateway)] {
+            if let Some((us, bound)) = figures {
+                write!(f, "; {name} {us:.1} µs → ≤ {bound:.2}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1573,13 +1683,13 @@ fn report(
     let optional = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.1}"));
     println!();
     println!(
-        "| scenario | concurrency | req/s | p50 µs | p99 µs | upstream CPU µs/req | proxy CPU µs/req (gateway or nginx) | host CPU µs/req | new upstream connections | socket errors |"
+        "| scenario | concurrency | req/s | p50 µs | p99 µs | wrk CPU µs/req | upstream CPU µs/req | proxy CPU µs/req (gateway or nginx) | host CPU µs/req | new upstream connections | socket errors |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for c in summary {
         let plugins = scenario_of(c.scenario).description();
         println!(
-            "| ({}) {}: {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| ({}) {}: {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
             c.scenario,
             c.name,
             plugins,
@@ -1587,6 +1697,7 @@ fn report(
             c.requests_per_second,
             c.p50_us,
             c.p99_us,
+            c.load_cpu_us_per_request,
             c.upstream_cpu_us_per_request,
             optional(c.proxy_cpu_us_per_request),
             optional(c.host_cpu_us_per_request),
@@ -1637,6 +1748,9 @@ fn report(
             settings.nginx.display()
         ),
     }
+
+    let ceiling = Ceiling::of(summary, nginx_cell);
+    println!("{ceiling}");
 
     let splits: Vec<&Cell> = summary
         .iter()
@@ -1788,6 +1902,7 @@ fn report(
                 "ratio_b_over_a_at_64": ratio,
                 "at_least": 0.8,
                 "met": ratio_met,
+                "ceiling": ceiling.json(),
             },
         },
         "reference": reference.map(|reference| serde_json::json!({
