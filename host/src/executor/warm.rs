@@ -2,9 +2,10 @@
 //! the calls run on receiving threads), reused from call to call when the
 //! instance policy allows, dropped once their plugin is unloaded.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+
+use rustc_hash::FxHashMap;
 
 use crate::plugin::{LoadedPlugin, PluginInstance};
 use crate::stats::HostStats;
@@ -16,9 +17,10 @@ pub struct WarmSlot {
     pub instance: Option<PluginInstance>,
 }
 
-/// Warm instances by plugin name, one each.
+/// Warm instances by plugin name, one each. Looked up on every call, by a
+/// name the host chose: a fast hash, not one hardened against chosen keys.
 #[derive(Default)]
-pub struct WarmInstances(HashMap<String, WarmSlot>);
+pub struct WarmInstances(FxHashMap<String, WarmSlot>);
 
 impl WarmInstances {
     /// The slot for `plugin`'s current version.
@@ -34,7 +36,9 @@ impl WarmInstances {
         let Some(slot) = self.0.get_mut(&plugin.name) else {
             unreachable!("the slot was just inserted")
         };
-        slot.plugin = Arc::downgrade(plugin);
+        if !std::ptr::eq(slot.plugin.as_ptr(), Arc::as_ptr(plugin)) {
+            slot.plugin = Arc::downgrade(plugin);
+        }
         slot
     }
 
