@@ -35,6 +35,11 @@ impl<J: Scheduled> LaneQueue<J> {
         }
     }
 
+    /// Whether no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
     /// The next job: the oldest of the plugin whose turn it is, which then
     /// goes to the back of the turn order.
     pub fn pop(&mut self) -> Option<J> {

@@ -16,7 +16,7 @@ use crate::admission::{Permits, Refusal};
 use crate::decode;
 use crate::executor::warm::WarmInstances;
 use crate::executor::worker::Reply;
-use crate::executor::{Job, RunHere, worker};
+use crate::executor::{Job, worker};
 use crate::logs::LogRecord;
 use crate::reply::{self, Outcome};
 use crate::stats::{EndpointStats, HostStats};
@@ -25,9 +25,10 @@ use crate::subscription::Served;
 /// How often an idle lane drops instances of unloaded plugins.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Calls a lane runs back to back before it lets its connection write
-/// their replies and read (it does whenever its queue is empty).
-const MAX_RUN_WITHOUT_IO: u32 = 32;
+/// Calls a lane runs back to back, outside its runtime, before it goes
+/// back in to publish their replies and let its connection write and read
+/// (it also goes back whenever its queue is empty).
+const MAX_RUN_WITHOUT_IO: usize = 32;
 
 /// The body of a lane's thread: connect (telling `ready` how it went),
 /// then serve `commands` until told to stop.
@@ -73,17 +74,28 @@ pub(super) fn lane_thread(
     };
     let mut commands = commands;
     // Plugin code runs outside the runtime: WASI's blocking calls start
-    // runtimes of their own, which cannot happen inside another. A call's
-    // reply is published as the lane goes back into its runtime for the
-    // next one.
-    let mut finished = None;
-    while let Some((job, run)) = runtime.block_on(lane.next_call(&mut commands, finished.take())) {
-        let executor = lane.shared.executor.clone();
-        let plugin = job.plugin.clone();
-        let done = worker::execute(job, &mut lane.warm, executor.context());
-        drop(done.permits);
-        executor.finished_here(&plugin, run);
-        finished = Some((done.reply, done.records));
+    // runtimes of their own, which cannot happen inside another. The lane
+    // runs what it has queued, a batch at a time, then goes back into its
+    // runtime to publish the replies and read more: one entry into the
+    // runtime per batch, not per call.
+    let executor = lane.shared.executor.clone();
+    let mut finished = Vec::new();
+    while runtime.block_on(lane.fill(&mut commands, &mut finished)) {
+        for _ in 0..MAX_RUN_WITHOUT_IO {
+            let Some(job) = lane.queue.pop() else {
+                break;
+            };
+            // Asked again for each call: one of the batch may turn slow.
+            let Some(run) = executor.may_run_here(&job) else {
+                executor.submit(job);
+                continue;
+            };
+            let plugin = job.plugin.clone();
+            let done = worker::execute(job, &mut lane.warm, executor.context());
+            drop(done.permits);
+            executor.finished_here(&plugin, run);
+            finished.push((done.reply, done.records));
+        }
     }
     let flushed = runtime.block_on(async {
         tokio::time::timeout(lane.shared.flush_timeout, lane.client.flush()).await
@@ -116,8 +128,6 @@ struct Lane {
     sweep: tokio::time::Interval,
     /// Told to stop: ends once nothing is queued or waiting.
     stopping: bool,
-    /// Calls run since the connection last had its turn.
-    run_in_a_row: u32,
 }
 
 impl Lane {
@@ -136,48 +146,43 @@ impl Lane {
                 sweep
             },
             stopping: false,
-            run_in_a_row: 0,
         }
     }
 
-    /// The next call to run on this lane, once read and admitted; `None`
-    /// once stopped with nothing left. Meanwhile: commands, reading,
-    /// handing calls of slow plugins to the workers, sweeping.
-    async fn next_call(
+    /// Publish the replies of the calls run since the last time (emptying
+    /// `finished`), then wait until there are calls to run: `false` once
+    /// stopped with nothing left. Meanwhile: commands, reading, sweeping.
+    async fn fill(
         &mut self,
         commands: &mut mpsc::UnboundedReceiver<Command>,
-        finished: Option<(Option<Reply>, Vec<LogRecord>)>,
-    ) -> Option<(Job, RunHere)> {
-        if let Some((reply, records)) = finished {
+        finished: &mut Vec<(Option<Reply>, Vec<LogRecord>)>,
+    ) -> bool {
+        let published = !finished.is_empty();
+        if published {
             let context = self.shared.executor.context();
-            if let Some(reply) = reply {
-                reply.publish(&self.client, &context.stats).await;
+            for (reply, records) in finished.drain(..) {
+                if let Some(reply) = reply {
+                    reply.publish(&self.client, &context.stats).await;
+                }
+                worker::emit(records, context);
             }
-            worker::emit(records, context);
         }
         loop {
             while let Ok(command) = commands.try_recv() {
                 self.stopping |= self.apply(command).await;
             }
             self.take_arrived().await;
-            if let Some(job) = self.queue.pop() {
-                let executor = &self.shared.executor;
-                let Some(run) = executor.may_run_here(&job) else {
-                    executor.submit(job);
-                    continue;
-                };
-                // The connection writes the replies and reads more when the
-                // lane waits; a long run of queued calls lets it in between.
-                self.run_in_a_row += 1;
-                if self.run_in_a_row == MAX_RUN_WITHOUT_IO {
-                    self.run_in_a_row = 0;
+            if !self.queue.is_empty() {
+                if published {
+                    // The connection writes the replies, and reads, before
+                    // the next batch.
                     tokio::task::yield_now().await;
+                    self.take_arrived().await;
                 }
-                return Some((job, run));
+                return true;
             }
-            self.run_in_a_row = 0;
             if self.stopping && self.waiting.load(Ordering::Acquire) == 0 {
-                return None;
+                return false;
             }
             let accepting = self.accepting();
             let woken = tokio::select! {
