@@ -109,33 +109,30 @@ fn length(out: &mut Vec<u8>, len: usize, fix: u8, marker16: u8) {
 }
 
 fn str(out: &mut Vec<u8>, text: &str) {
-    let len = text.len();
-    if len < 32 {
-        out.push(0xa0 | len as u8);
-    } else if let Ok(len) = u8::try_from(len) {
-        out.extend_from_slice(&[0xd9, len]);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(0xda);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&u32_len(len).to_be_bytes());
+    match u8::try_from(text.len()) {
+        Ok(len) if len < 32 => out.push(0xa0 | len),
+        _ => sized(out, text.len(), [0xd9, 0xda, 0xdb]),
     }
     out.extend_from_slice(text.as_bytes());
 }
 
 fn bin(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = bytes.len();
+    sized(out, bytes.len(), [0xc4, 0xc5, 0xc6]);
+    out.extend_from_slice(bytes);
+}
+
+/// A `str` or `bin` header: the marker for an 8-, 16- or 32-bit length,
+/// then the length.
+fn sized(out: &mut Vec<u8>, len: usize, [marker8, marker16, marker32]: [u8; 3]) {
     if let Ok(len) = u8::try_from(len) {
-        out.extend_from_slice(&[0xc4, len]);
+        out.extend_from_slice(&[marker8, len]);
     } else if let Ok(len) = u16::try_from(len) {
-        out.push(0xc5);
+        out.push(marker16);
         out.extend_from_slice(&len.to_be_bytes());
     } else {
-        out.push(0xc6);
+        out.push(marker32);
         out.extend_from_slice(&u32_len(len).to_be_bytes());
     }
-    out.extend_from_slice(bytes);
 }
 
 fn uint(out: &mut Vec<u8>, value: u64) {
