@@ -15,7 +15,7 @@ pub const VIA_PSEUDONYM: &str = "natsplug";
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1;
 /// `Proxy-Connection` and `Keep-Alive` from HTTP/1.0 practice, `TE` and
 /// `Trailer` as Pingora strips them towards the upstream).
-pub const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "proxy-connection",
     "keep-alive",

@@ -72,11 +72,22 @@ impl Head for HeaderList {
     }
 }
 
-/// [`Head`] for Pingora's heads, which keep each name's case beside their
-/// `HeaderMap`: names are added and removed through their methods, values
-/// changed in the map.
+/// [`Head`] and [`HeaderTarget`] for Pingora's heads, which keep each
+/// name's case beside their `HeaderMap`: names are added and removed
+/// through their methods, values changed in the map.
 macro_rules! pingora_head {
     ($head:ty) => {
+        impl HeaderTarget for $head {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+
+            fn append(&mut self, name: HeaderName, value: HeaderValue) {
+                // Both are valid already; appending them cannot fail.
+                let _ = self.append_header(name, value);
+            }
+        }
+
         impl Head for $head {
             fn has(&self, name: &str) -> bool {
                 self.headers.contains_key(name)
@@ -169,25 +180,6 @@ pub fn header_list(map: &HeaderMap) -> HeaderList {
 pub trait HeaderTarget {
     fn remove(&mut self, name: &HeaderName);
     fn append(&mut self, name: HeaderName, value: HeaderValue);
-}
-
-impl HeaderTarget for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) {
-        // Both are valid already; appending them cannot fail.
-        let _ = self.append_header(name, value);
-    }
-}
-
-impl HeaderTarget for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name, value);
-    }
 }
 
 /// Fields that could not be written, as `name: value` for the log.
