@@ -186,6 +186,46 @@ async fn request_filter_applies_each_plugin_before_the_next() {
 }
 
 #[tokio::test]
+async fn an_exchange_sends_its_calls_on_the_connection_it_is_given() {
+    // The hosts are on one server; the chain's own connection is to
+    // another, where nothing answers.
+    let served = NatsServer::start();
+    let host = filters_host(&served).await;
+    let empty = NatsServer::start();
+    let chain = chain(&empty, vec![PluginConfig::new("header-injector")]).await;
+
+    let mut given = chain.exchange(get("/given", &[]));
+    given.connection = Some(served.connect().await);
+    assert_eq!(
+        chain.request_filter(&mut given).await,
+        Ok(Verdict::Continue)
+    );
+    let names: Vec<&str> = given
+        .request
+        .headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["x-plugin", "x-trace"]);
+
+    let mut own = chain.exchange(get("/own", &[]));
+    let failure = chain
+        .request_filter(&mut own)
+        .await
+        .expect_err("no host on the chain's own connection");
+    assert!(
+        matches!(failure.error, CallError::NoResponders { .. }),
+        "{failure}"
+    );
+    assert_eq!(failure.status(), 502);
+
+    let stats = &chain.stats();
+    let injector = stats.get("header-injector", Phase::RequestFilter).unwrap();
+    assert_eq!((injector.calls, injector.failed_closed), (2, 1));
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_end_answers_the_client_and_stops_the_chain() {
     let server = NatsServer::start();
     let host = filters_host(&server).await;

@@ -141,6 +141,20 @@ impl PhaseCaller {
         timeout: Duration,
         traceparent: Option<&str>,
     ) -> Result<PhaseReply, CallError> {
+        self.call_on(&self.client, plugin, request, timeout, traceparent)
+            .await
+    }
+
+    /// [`PhaseCaller::call`] sent on `connection` instead of the caller's
+    /// own: another connection to the same servers.
+    pub async fn call_on(
+        &self,
+        connection: &async_nats::Client,
+        plugin: &str,
+        request: &PhaseRequest,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> Result<PhaseReply, CallError> {
         let subject = format!("{}.{plugin}.{}", self.prefix, request.phase);
         let payload = Bytes::from(protocol::encode_request(request));
         let mut nats_request = async_nats::Request::new()
@@ -155,7 +169,7 @@ impl PhaseCaller {
         // publication, should the connection be stuck.
         let sent = tokio::time::timeout(
             timeout,
-            self.client.send_request(subject.clone(), nats_request),
+            connection.send_request(subject.clone(), nats_request),
         )
         .await;
         let message = match sent {

@@ -95,10 +95,8 @@ impl Chain {
                 continue;
             }
             let request = exchange.phase_request(Phase::RequestFilter);
-            let traceparent = exchange.traceparent.as_deref();
-            let step = self
-                .inner
-                .step(index, Phase::RequestFilter, &request, traceparent);
+            let sent = Sent::of(exchange);
+            let step = self.inner.step(index, Phase::RequestFilter, &request, sent);
             let reply = match step.await? {
                 None => continue,
                 Some(reply) => reply,
@@ -126,10 +124,10 @@ impl Chain {
                 continue;
             }
             let request = exchange.phase_request(Phase::ResponseFilter);
-            let traceparent = exchange.traceparent.as_deref();
+            let sent = Sent::of(exchange);
             let step = self
                 .inner
-                .step(index, Phase::ResponseFilter, &request, traceparent);
+                .step(index, Phase::ResponseFilter, &request, sent);
             let reply = match step.await? {
                 None => continue,
                 Some(reply) => reply,
@@ -177,9 +175,9 @@ impl Chain {
                 end_of_stream,
                 state,
             });
-            let traceparent = exchange.traceparent.as_deref();
+            let sent = Sent::of(exchange);
             let phase = Phase::ResponseBodyFilter;
-            let outcome = self.inner.step(index, phase, &request, traceparent).await?;
+            let outcome = self.inner.step(index, phase, &request, sent).await?;
             let unchanged = request.chunk.map(|c| c.data).unwrap_or_default();
             match outcome {
                 None => data = unchanged,
@@ -231,20 +229,36 @@ impl Chain {
         };
         let inner = self.inner.clone();
         let traceparent = exchange.traceparent.clone();
+        let connection = exchange.connection.clone();
         self.inner.runtime.spawn(async move {
             let _permit = permit;
             let sends = calls.into_iter().map(|(index, request)| {
                 let inner = &inner;
-                let traceparent = traceparent.as_deref();
-                async move {
-                    inner
-                        .call(index, Phase::Logging, &request, traceparent)
-                        .await
-                }
+                let sent = Sent {
+                    traceparent: traceparent.as_deref(),
+                    connection: connection.as_ref(),
+                };
+                async move { inner.call(index, Phase::Logging, &request, sent).await }
             });
             futures::future::join_all(sends).await;
         });
         true
+    }
+}
+
+/// How an exchange's calls are sent: its `traceparent` and connection.
+#[derive(Debug, Clone, Copy)]
+struct Sent<'a> {
+    traceparent: Option<&'a str>,
+    connection: Option<&'a async_nats::Client>,
+}
+
+impl<'a> Sent<'a> {
+    fn of(exchange: &'a Exchange) -> Sent<'a> {
+        Sent {
+            traceparent: exchange.traceparent.as_deref(),
+            connection: exchange.connection.as_ref(),
+        }
     }
 }
 
@@ -270,11 +284,9 @@ impl Inner {
         index: usize,
         phase: Phase,
         request: &PhaseRequest,
-        traceparent: Option<&str>,
+        sent: Sent<'_>,
     ) -> Result<Option<PhaseReply>, PhaseFailure> {
-        self.call(index, phase, request, traceparent)
-            .await
-            .transpose()
+        self.call(index, phase, request, sent).await.transpose()
     }
 
     /// Call plugin `index` under its policy: `Some(Ok)` with a reply,
@@ -284,7 +296,7 @@ impl Inner {
         index: usize,
         phase: Phase,
         request: &PhaseRequest,
-        traceparent: Option<&str>,
+        sent: Sent<'_>,
     ) -> Option<Result<PhaseReply, PhaseFailure>> {
         let plugin = &self.plugins[index];
         let counters = plugin.counters.phase(phase);
@@ -296,7 +308,8 @@ impl Inner {
             phase,
             policy,
             counters,
-            traceparent,
+            traceparent: sent.traceparent,
+            connection: sent.connection,
         };
         match call.run(request).await {
             Attempted::Reply(reply) => {

@@ -25,6 +25,12 @@ pub struct Exchange {
     pub response: Option<HttpResponse>,
     /// A W3C `traceparent` sent with every phase call of the exchange.
     pub traceparent: Option<String>,
+    /// The NATS connection the exchange's phase calls go on; `None` for
+    /// the chain's own. A proxy running one single-threaded runtime per
+    /// thread sets a connection of the exchange's thread, so that a call's
+    /// request and reply are written and read on that thread instead of
+    /// being handed to the thread of the chain's connection and back.
+    pub connection: Option<async_nats::Client>,
     session_id: u64,
     id: String,
     calls: u64,
@@ -40,6 +46,7 @@ impl Exchange {
             request,
             response: None,
             traceparent: None,
+            connection: None,
             session_id,
             id,
             calls: 0,

@@ -26,11 +26,14 @@
 //! [`PhaseCaller`] is the single-call layer under the chain: one request,
 //! one typed outcome, every failure a [`CallError`].
 //!
-//! A chain takes any `async_nats::Client`. To connect with the options a
-//! host takes (its `[nats]` section: several servers, user/password, token,
-//! NKey, `.creds`, TLS and mTLS, reconnect backoff) and its explained
-//! connection errors, as `natsplug gateway` does, use
-//! `natsplug::nats::connect_with` from the host library. With the
+//! A chain takes any `async_nats::Client`, and an exchange may carry
+//! another one in [`Exchange::connection`] for its calls: a proxy that
+//! runs a runtime per thread gives each thread a connection of its own, so
+//! that a call's request and reply stay on the thread that waits for them.
+//! To connect with the options a host takes (its `[nats]` section: several
+//! servers, user/password, token, NKey, `.creds`, TLS and mTLS, reconnect
+//! backoff) and its explained connection errors, as `natsplug gateway`
+//! does, use `natsplug::nats::connect_with` from the host library. With the
 //! `prometheus` feature, `metrics::ChainCollector` exports a chain's
 //! counters.
 //!

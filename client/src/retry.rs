@@ -31,6 +31,8 @@ pub(crate) struct Call<'a> {
     pub policy: PhasePolicy,
     pub counters: &'a PhaseCounters,
     pub traceparent: Option<&'a str>,
+    /// The exchange's own connection, else the caller's.
+    pub connection: Option<&'a async_nats::Client>,
 }
 
 impl Call<'_> {
@@ -59,9 +61,10 @@ impl Call<'_> {
         loop {
             let left = attempts - made;
             let share = deadline.saturating_duration_since(Instant::now()) / left;
+            let connection = self.connection.unwrap_or(self.caller.client());
             let error = match self
                 .caller
-                .call(self.plugin, request, share, self.traceparent)
+                .call_on(connection, self.plugin, request, share, self.traceparent)
                 .await
             {
                 Ok(reply) => return Attempted::Reply(reply),
