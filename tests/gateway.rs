@@ -1554,6 +1554,47 @@ async fn malformed_requests_never_take_the_gateway_down() {
 }
 
 #[tokio::test]
+async fn each_proxy_thread_calls_plugins_on_a_nats_connection_of_its_own() {
+    let server = NatsServer::start();
+    let plugins = plugins(&[("header-injector", guests::HEADER_INJECTOR)]);
+    let _host = start_host(&server, &plugins);
+    let upstream = Upstream::start();
+    let gateway = gateway(&server, &upstream, "header-injector", &["--threads", "3"]);
+    // The shared connection, and one of each proxy thread's own.
+    let connections = "natsplug_gateway_nats_connections";
+    gateway.wait_metric(connections, &[], 4.0);
+
+    // The kernel spreads client connections over the threads' listeners;
+    // whichever thread serves an exchange, it goes through the plugin, and
+    // the upstream connections are reused.
+    let mut served = 0;
+    for index in 0..48 {
+        let client = HttpClient::http1(gateway.address).await.unwrap();
+        for turn in 0..2 {
+            let reply = client
+                .get(&format!("/echo/{index}/{turn}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200);
+            assert_eq!(seen(&reply.json(), "x-plugin"), ["header-injector"]);
+            served += 1;
+        }
+    }
+    assert_eq!(gateway.metric(connections, &[]), 4.0, "opened once each");
+    let injector = phase_labels("default", "header-injector", "request_filter");
+    gateway.wait_metric(
+        "natsplug_gateway_phase_calls_total",
+        &injector,
+        served as f64,
+    );
+    assert!(
+        upstream.accepted() <= 3 * 2,
+        "{} upstream connections for {served} sequential exchanges",
+        upstream.accepted()
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_requests_exactly_and_sigterm_exits_cleanly() {
     let server = NatsServer::start();
     let plugins = plugins(&[("header-injector", guests::HEADER_INJECTOR)]);

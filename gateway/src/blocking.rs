@@ -1,11 +1,11 @@
 //! Running the chain from Pingora's synchronous body hook.
 //!
 //! Pingora 0.9 calls `response_body_filter` as a plain function, while a
-//! body chunk's phase calls are NATS requests to await. The gateway runs
-//! its proxy on Pingora's work-stealing runtime, where a worker thread may
-//! block: the thread hands its other tasks to the rest of the pool and
-//! waits for the chunk's calls. Only exchanges whose chain implements
-//! `response_body_filter` come here.
+//! body chunk's phase calls are NATS requests to await. A proxy thread's
+//! runtime is a multi-thread runtime of one worker, which may block: the
+//! worker hands the runtime, with the thread's other exchanges and its
+//! NATS connection, to a new thread and waits for the chunk's calls. Only
+//! exchanges whose chain implements `response_body_filter` come here.
 
 use std::future::Future;
 
@@ -23,7 +23,7 @@ pub fn run<F: Future>(future: F) -> Result<F::Output> {
     if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
         return Err(Error::explain(
             ErrorType::InternalError,
-            "response_body_filter needs the work-stealing proxy runtime",
+            "response_body_filter needs a multi-thread proxy runtime",
         ));
     }
     Ok(tokio::task::block_in_place(|| handle.block_on(future)))

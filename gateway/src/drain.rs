@@ -47,8 +47,10 @@ impl Drop for InFlightGuard {
 }
 
 /// The signals that stop the gateway: SIGTERM (graceful, after the grace
-/// period), SIGINT (at once), SIGQUIT (Pingora's hand-over to a new
-/// process).
+/// period), SIGQUIT (graceful, at once), SIGINT (at once). Pingora's
+/// hand-over of the listening sockets to a new process is not offered:
+/// each proxy thread binds a socket of its own, which Pingora's hand-over
+/// does not know.
 pub struct Signals {
     pub grace_period: Duration,
     pub started: Started,
@@ -66,7 +68,13 @@ impl ShutdownSignalWatch for Signals {
             return std::future::pending().await;
         };
         tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => {
+                if let Some(running) = self.started.get() {
+                    running.metrics.set_ready(false);
+                }
+                tracing::info!("SIGQUIT: closing the listener now");
+                ShutdownSignal::GracefulTerminate
+            }
             _ = interrupt.recv() => ShutdownSignal::FastShutdown,
             _ = terminate.recv() => {
                 if let Some(running) = self.started.get() {
@@ -84,7 +92,7 @@ impl ShutdownSignalWatch for Signals {
 }
 
 /// Once the shutdown is broadcast: wait for the exchanges in flight, let
-/// the NATS connection send what is buffered, and exit 0.
+/// the NATS connections send what is buffered, and exit 0.
 pub struct Drain {
     pub in_flight: InFlight,
     pub timeout: Duration,
@@ -118,7 +126,18 @@ impl BackgroundService for Drain {
             );
         }
         if let Some(running) = self.started.get() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), running.client.flush()).await;
+            let threads = running
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            let connections = std::iter::once(running.client.clone()).chain(threads);
+            let flushed = async {
+                for client in connections {
+                    let _ = client.flush().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
         }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -21,6 +21,7 @@ use natsplug_client::metrics::ChainCollector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -52,6 +53,7 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
     upstream_failures: Family<FailureLabels, Counter>,
+    nats_connections: Gauge,
     registry: Registry,
     ready: AtomicBool,
 }
@@ -80,6 +82,13 @@ impl GatewayMetrics {
             "Exchanges the upstream failed: refused (502), timeout (504), error (502).",
             upstream_failures.clone(),
         );
+        let nats_connections = Gauge::default();
+        nats_connections.set(1);
+        registry.register(
+            "nats_connections",
+            "NATS connections opened: the shared one, and one of each proxy thread's own.",
+            nats_connections.clone(),
+        );
         for route in routes.routes() {
             if let Some(chain) = &route.chain {
                 registry
@@ -91,9 +100,15 @@ impl GatewayMetrics {
             requests,
             durations,
             upstream_failures,
+            nats_connections,
             registry,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The gauge of NATS connections opened.
+    pub fn nats_connections(&self) -> Gauge {
+        self.nats_connections.clone()
     }
 
     /// Count one finished exchange.

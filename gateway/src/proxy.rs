@@ -12,7 +12,7 @@
 //! `logging` calls without waiting for them.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -32,17 +32,28 @@ use crate::metrics::GatewayMetrics;
 use crate::routes::Route;
 use crate::server::Started;
 
-/// The gateway's proxy logic, shared by every connection.
+/// The proxy logic of one proxy thread, shared by its client connections.
 pub struct Gateway {
     started: Started,
     in_flight: InFlight,
+    connection: Arc<OnceLock<async_nats::Client>>,
 }
 
 impl Gateway {
     /// A proxy over what start-up puts in `started`, counting the
-    /// exchanges in flight into `in_flight`.
-    pub fn new(started: Started, in_flight: InFlight) -> Gateway {
-        Gateway { started, in_flight }
+    /// exchanges in flight into `in_flight`, sending its phase calls on
+    /// the NATS connection start-up puts in `connection`: the thread's
+    /// own (until then, the shared one).
+    pub fn new(
+        started: Started,
+        in_flight: InFlight,
+        connection: Arc<OnceLock<async_nats::Client>>,
+    ) -> Gateway {
+        Gateway {
+            started,
+            in_flight,
+            connection,
+        }
     }
 
     fn metrics(&self) -> Option<&GatewayMetrics> {
@@ -244,6 +255,7 @@ impl ProxyHttp for Gateway {
             body: None,
         });
         exchange.traceparent = Some(traceparent);
+        exchange.connection = self.connection.get().cloned();
         let verdict = chain.request_filter(&mut exchange).await;
         ctx.exchange = Some(exchange);
         match verdict {

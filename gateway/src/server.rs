@@ -1,12 +1,19 @@
 //! Starting the gateway: check the configuration and resolve the
-//! upstreams, then let Pingora run the proxy service, whose start connects
-//! to NATS and builds each route's chain before the listener opens.
+//! upstreams, then let Pingora run the proxy services, whose start
+//! connects to NATS and builds each route's chain before the listeners
+//! open.
 //!
-//! The NATS connection lives on the proxy's own runtime: a phase call's
-//! request and reply are handed between tasks of one thread pool, often
-//! of one thread, instead of waking a thread of another runtime twice per
-//! call. The chains' background work (discovery refreshes, `logging`
-//! calls) and the metrics endpoint run there too.
+//! Each proxy thread is a proxy service of its own, with a one-thread
+//! runtime and a listener on the gateway's address (`SO_REUSEPORT`: the
+//! kernel spreads the client connections over them). An exchange stays on
+//! its thread, and so do its phase calls: each service opens a NATS
+//! connection of its own on its runtime, so a call's request and reply are
+//! written and read by the thread that waits for them, instead of being
+//! handed to the thread of a shared connection and back. Pingora's
+//! upstream connections are kept per service too. A small NATS runtime
+//! holds the shared connection, with what is not on an exchange's path:
+//! the chains' discovery refreshes and `logging` calls, and the metrics
+//! endpoint.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock};
@@ -23,6 +30,10 @@ use pingora::services::Service as PingoraService;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service as ListeningService;
 
+use pingora::listeners::TcpSocketOptions;
+use tokio::runtime::Handle;
+use tokio::sync::OnceCell;
+
 use crate::config::{GatewayConfig, parse_address};
 use crate::drain::{Drain, InFlight, Signals};
 use crate::metrics::{self, GatewayMetrics};
@@ -30,11 +41,13 @@ use crate::proxy::Gateway;
 use crate::routes::{Route, RouteTable, normalized_prefix};
 use crate::upstream::{Upstream, UpstreamPeer};
 
-/// What start-up makes on the proxy runtime, before the listener opens.
+/// What start-up makes, before the listener opens.
 #[derive(Debug)]
 pub struct Running {
-    /// The NATS connection every chain calls through.
+    /// The shared NATS connection: the chains' own.
     pub client: async_nats::Client,
+    /// The proxy threads' own connections, once opened.
+    pub threads: std::sync::Mutex<Vec<async_nats::Client>>,
     /// The routes and their chains.
     pub routes: Arc<RouteTable>,
     /// The counters.
@@ -73,8 +86,22 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
     let threads = config
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Lives as long as the process; the exit does not wait for it.
+    let nats_runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("natsplug-nats")
+            .enable_all()
+            .build()
+            .context("starting the gateway's NATS runtime")?,
+    ));
     let server_conf = ServerConf {
-        threads,
+        // The background services' runtime; each proxy service has its own.
+        threads: 1,
+        // Work stealing only matters for the body filter, which hands a
+        // proxy thread's runtime to another thread while it waits
+        // (blocking.rs); a one-thread runtime keeps its tasks on its one
+        // worker otherwise.
         work_stealing: true,
         // Pingora's runtimes live this long after the listener closes; the
         // drain task ends the process sooner, once nothing is in flight.
@@ -88,25 +115,37 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
 
     let started: Started = Arc::default();
     let in_flight = InFlight::default();
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    let mut proxy = ProxyServiceBuilder::new(
-        &server.configuration,
-        Gateway::new(started.clone(), in_flight.clone()),
-    )
-    .name("natsplug gateway")
-    .server_options(options)
-    .build();
-    proxy.add_tcp(&listen.to_string());
     let route_count = config.routes.len();
     let grace_period = Duration::from_millis(config.grace_period_ms);
     let shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    server.add_service(GatewayService {
-        proxy,
+    let startup = Arc::new(Startup {
+        done: OnceCell::new(),
+        nats: nats_runtime.handle().clone(),
         config,
-        upstreams,
+        upstreams: std::sync::Mutex::new(upstreams),
         started: started.clone(),
     });
+    for _ in 0..threads {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        let connection = Arc::new(OnceLock::new());
+        let mut proxy = ProxyServiceBuilder::new(
+            &server.configuration,
+            Gateway::new(started.clone(), in_flight.clone(), connection.clone()),
+        )
+        .name("natsplug gateway")
+        .server_options(options)
+        .build();
+        proxy.threads = Some(1);
+        let mut socket = TcpSocketOptions::default();
+        socket.so_reuseport = Some(true);
+        proxy.add_tcp_with_settings(&listen.to_string(), socket);
+        server.add_service(GatewayService {
+            proxy,
+            startup: startup.clone(),
+            connection,
+        });
+    }
     server.add_service(background_service(
         "drain",
         Drain {
@@ -129,13 +168,58 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<std::convert::Infallible> {
     std::process::exit(0)
 }
 
-/// The proxy service, with the start-up that must run on its runtime
-/// before the listener opens.
+/// What the proxy services start from; the first to start does it.
+struct Startup {
+    done: OnceCell<()>,
+    /// The runtime of the shared connection.
+    nats: Handle,
+    config: GatewayConfig,
+    upstreams: std::sync::Mutex<Vec<UpstreamPeer>>,
+    started: Started,
+}
+
+impl Startup {
+    /// Connect, build the chains and serve the metrics on the NATS
+    /// runtime, once; the services starting meanwhile wait for it. An
+    /// error ends the process.
+    async fn once(self: &Arc<Self>) {
+        self.done
+            .get_or_init(|| async {
+                let this = self.clone();
+                let built = self
+                    .nats
+                    .spawn(async move {
+                        let upstreams = std::mem::take(
+                            &mut *this
+                                .upstreams
+                                .lock()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                        );
+                        connect_and_build(&this.config, upstreams).await
+                    })
+                    .await
+                    .unwrap_or_else(|error| Err(anyhow::anyhow!("start-up stopped: {error}")));
+                match built {
+                    Ok(running) => {
+                        let _ = self.started.set(running);
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        std::process::exit(1);
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+/// One proxy thread: a proxy service on a one-thread runtime, whose start
+/// waits for the gateway's start-up and opens the thread's own NATS
+/// connection before its listener opens.
 struct GatewayService {
     proxy: ListeningService<HttpProxy<Gateway>>,
-    config: GatewayConfig,
-    upstreams: Vec<UpstreamPeer>,
-    started: Started,
+    startup: Arc<Startup>,
+    connection: Arc<OnceLock<async_nats::Client>>,
 }
 
 #[async_trait]
@@ -146,18 +230,33 @@ impl PingoraService for GatewayService {
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        let upstreams = std::mem::take(&mut self.upstreams);
-        match connect_and_build(&self.config, upstreams).await {
-            Ok(running) => {
-                let _ = self.started.set(running);
+        self.startup.once().await;
+        // On this service's runtime: the connection's reads and writes
+        // run on its thread.
+        match natsplug::nats::connect_with(&self.startup.config.nats).await {
+            Ok(connection) => {
+                if let Some(running) = self.startup.started.get() {
+                    running.metrics.nats_connections().inc();
+                    running
+                        .threads
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .push(connection.client.clone());
+                }
+                let _ = self.connection.set(connection.client);
             }
             Err(error) => {
                 eprintln!("error: {error:#}");
                 std::process::exit(1);
             }
         }
+        // Each service binds a socket of its own (`SO_REUSEPORT`). Pingora's
+        // table of listening sockets, kept for a graceful upgrade, knows
+        // one socket per address: the services would all take the first
+        // one's and close it once each at the end.
+        drop(fds);
         self.proxy
-            .start_service(fds, shutdown, listeners_per_fd)
+            .start_service(None, shutdown, listeners_per_fd)
             .await;
     }
 
@@ -174,6 +273,7 @@ impl PingoraService for GatewayService {
     }
 }
 
+/// Connect, build the chains and serve the metrics.
 async fn connect_and_build(
     config: &GatewayConfig,
     upstreams: Vec<UpstreamPeer>,
@@ -232,6 +332,7 @@ async fn connect_and_build(
     }
     Ok(Running {
         client,
+        threads: std::sync::Mutex::new(Vec::new()),
         routes,
         metrics,
     })

@@ -41,6 +41,7 @@ pub struct Seen {
 
 #[derive(Default)]
 struct Stats {
+    accepted: AtomicU64,
     requests: AtomicU64,
     cancelled: AtomicU64,
     completed: AtomicU64,
@@ -101,6 +102,11 @@ impl Upstream {
     /// The name in the `x-upstream` response header.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.stats.accepted.load(Ordering::Relaxed)
     }
 
     /// Requests received so far (counted when their head arrives).
@@ -180,6 +186,7 @@ fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let stats = stats.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
