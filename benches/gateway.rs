@@ -7,6 +7,11 @@
 //!   in `request_filter`;
 //! - (d) `chain`: through a gateway running header-injector, authz (wrk
 //!   sends the token it is configured with) and access-logger;
+//! - (e) `responder`: through a gateway whose one plugin, `noop`, no host
+//!   serves: the NATS responder answers its `request_filter` calls with a
+//!   constant `next`, so (e) − (b) is the gateway's side of a plugin hop
+//!   (a raw round trip and the caller's own work) and (c) − (e) the
+//!   host's;
 //! - (n) `nginx`: through nginx as a reverse proxy, no plugins, as a
 //!   reference for what a mature proxy reaches with the same upstream, the
 //!   same wrk settings and as many worker processes as the gateway has
@@ -81,6 +86,10 @@ const ROLE: &str = "GATEWAY_BENCH_ROLE";
 const ROLE_NATS_URL: &str = "GATEWAY_BENCH_NATS_URL";
 const ECHO_SUBJECT: &str = "bench.gateway.echo";
 const PREFIX: &str = "bench.gateway";
+/// The plugin of scenario (e): no host serves it; the NATS responder
+/// answers its `request_filter` subject with a constant `next` reply, so
+/// its phase call costs a raw round trip and the gateway's own work.
+const NOOP_PLUGIN: &str = "noop";
 /// The bearer token authz is configured with and wrk sends.
 const TOKEN: &str = "bench-token-5f3a";
 /// What the upstream answers on every path but `/check`.
@@ -120,13 +129,16 @@ impl Scenario {
         match self.via {
             Via::Direct => "straight to the upstream".to_string(),
             Via::Gateway([]) => "no plugins".to_string(),
+            Via::Gateway([NOOP_PLUGIN]) => {
+                "a trivial responder in request_filter, no host".to_string()
+            }
             Via::Gateway(plugins) => plugins.join(" + "),
             Via::Nginx => "nginx as a reverse proxy, no plugins".to_string(),
         }
     }
 }
 
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         key: "a",
         name: "direct",
@@ -146,6 +158,11 @@ const SCENARIOS: [Scenario; 5] = [
         key: "d",
         name: "chain",
         via: Via::Gateway(&["header-injector", "authz", "access-logger"]),
+    },
+    Scenario {
+        key: "e",
+        name: "responder",
+        via: Via::Gateway(&[NOOP_PLUGIN]),
     },
     Scenario {
         key: "n",
@@ -375,7 +392,9 @@ async fn answer(
     Ok(response)
 }
 
-/// Answer every request on [`ECHO_SUBJECT`] with its payload until killed.
+/// Answer every request on [`ECHO_SUBJECT`] with its payload, every
+/// `request_filter` call of [`NOOP_PLUGIN`] with `next`, and the hosts'
+/// discovery with that one endpoint, until killed.
 fn nats_echo() {
     let url = std::env::var(ROLE_NATS_URL).expect("the NATS URL");
     // As the end-to-end benchmark's echo responder: two async threads.
@@ -386,12 +405,37 @@ fn nats_echo() {
         .expect("the responder's runtime");
     runtime.block_on(async {
         let client = async_nats::connect(&url).await.expect("connecting");
-        let mut subscriber = client.subscribe(ECHO_SUBJECT).await.expect("subscribing");
+        let echo = client.subscribe(ECHO_SUBJECT).await.expect("subscribing");
+        let noop_subject = format!("{PREFIX}.{NOOP_PLUGIN}.request_filter");
+        let noop = client
+            .subscribe(noop_subject.clone())
+            .await
+            .expect("subscribing");
+        // As a host would, it says in the hosts' service discovery which
+        // phases it serves, so the gateway calls no other.
+        let info = client
+            .subscribe("$SRV.INFO.natsplug")
+            .await
+            .expect("subscribing");
+        let endpoints = bytes::Bytes::from(format!(
+            r#"{{"endpoints":[{{"subject":"{noop_subject}"}}]}}"#
+        ));
         client.flush().await.expect("flushing");
         println!("ready");
-        while let Some(message) = subscriber.next().await {
+        // A `next` reply without a request id, which a caller accepts for
+        // any request.
+        let next = bytes::Bytes::from(protocol::encode_reply(&protocol::PhaseReply::next("")));
+        let mut messages = futures::stream::select_all([
+            echo.map(|message| (message, None)).boxed(),
+            noop.map(|message| (message, Some(next.clone()))).boxed(),
+            info.map(|message| (message, Some(endpoints.clone())))
+                .boxed(),
+        ]);
+        while let Some((message, answer)) = messages.next().await {
             if let Some(reply) = message.reply {
-                let _ = client.publish(reply, message.payload).await;
+                let _ = client
+                    .publish(reply, answer.unwrap_or(message.payload))
+                    .await;
             }
         }
     });
@@ -1727,6 +1771,14 @@ fn report(
         round_trip.p50_us,
         verdict(hop_met)
     );
+    // The hop split in two: the gateway's side with a trivial responder,
+    // and what the host adds to it.
+    let responder_hop_us = find_cell(summary, "e", 1).p50_us - find_cell(summary, "b", 1).p50_us;
+    let host_share_us = find_cell(summary, "c", 1).p50_us - find_cell(summary, "e", 1).p50_us;
+    println!(
+        "the hop split: (e) − (b) = {responder_hop_us:.1} µs with a trivial responder (raw round trip + {:.1} µs), (c) − (e) = {host_share_us:.1} µs for the host and its plugin",
+        responder_hop_us - round_trip.p50_us
+    );
     println!(
         "goal: (b) ≥ 0.8 × (a) req/s at concurrency 64: (b)/(a) = {ratio:.2}: {}",
         verdict(ratio_met)
@@ -1897,6 +1949,8 @@ fn report(
                 "nats_round_trip_p50_us": round_trip.p50_us,
                 "budget_us": budget_us,
                 "met": hop_met,
+                "responder_hop_p50_us": responder_hop_us,
+                "host_share_p50_us": host_share_us,
             },
             "gateway_throughput": {
                 "ratio_b_over_a_at_64": ratio,
