@@ -94,10 +94,12 @@ impl Chain {
             if self.inner.skips(index, Phase::RequestFilter) {
                 continue;
             }
-            let request = exchange.phase_request(Phase::RequestFilter);
+            let lent = exchange.lend(Phase::RequestFilter);
             let sent = Sent::of(exchange);
-            let step = self.inner.step(index, Phase::RequestFilter, &request, sent);
-            let reply = match step.await? {
+            let phase = Phase::RequestFilter;
+            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
+            exchange.give_back(lent);
+            let reply = match outcome? {
                 None => continue,
                 Some(reply) => reply,
             };
@@ -123,12 +125,12 @@ impl Chain {
             if self.inner.skips(index, Phase::ResponseFilter) {
                 continue;
             }
-            let request = exchange.phase_request(Phase::ResponseFilter);
+            let lent = exchange.lend(Phase::ResponseFilter);
             let sent = Sent::of(exchange);
-            let step = self
-                .inner
-                .step(index, Phase::ResponseFilter, &request, sent);
-            let reply = match step.await? {
+            let phase = Phase::ResponseFilter;
+            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
+            exchange.give_back(lent);
+            let reply = match outcome? {
                 None => continue,
                 Some(reply) => reply,
             };
@@ -168,17 +170,19 @@ impl Chain {
             if self.inner.skips(index, Phase::ResponseBodyFilter) {
                 continue;
             }
-            let mut request = exchange.phase_request(Phase::ResponseBodyFilter);
+            let mut lent = exchange.lend(Phase::ResponseBodyFilter);
             let state = exchange.take_body_state(index);
-            request.chunk = Some(BodyChunk {
+            lent.request.chunk = Some(BodyChunk {
                 data,
                 end_of_stream,
                 state,
             });
             let sent = Sent::of(exchange);
             let phase = Phase::ResponseBodyFilter;
-            let outcome = self.inner.step(index, phase, &request, sent).await?;
-            let unchanged = request.chunk.map(|c| c.data).unwrap_or_default();
+            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
+            let chunk = exchange.give_back(lent);
+            let outcome = outcome?;
+            let unchanged = chunk.map(|c| c.data).unwrap_or_default();
             match outcome {
                 None => data = unchanged,
                 Some(reply) if reply.action == Action::End => {

@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use natsplug_protocol::{
-    HeaderList, HttpRequest, HttpResponse, PROTOCOL_VERSION, Phase, PhaseReply, PhaseRequest,
+    BodyChunk, HeaderList, HttpRequest, HttpResponse, PROTOCOL_VERSION, Phase, PhaseReply,
+    PhaseRequest,
 };
 
 use crate::call::CallError;
@@ -72,8 +73,70 @@ impl Exchange {
         self.body_finished
     }
 
-    /// A request for `phase` carrying the exchange as it is now, with a
-    /// fresh request id. The request body goes to `request_filter` only.
+    /// A request for `phase` carrying the exchange's request (and, in the
+    /// response phases, its response) themselves, moved out of the
+    /// exchange until [`Exchange::give_back`] instead of copied for each
+    /// call, with a fresh request id. The request body goes to
+    /// `request_filter` only, the response body to no phase.
+    pub(crate) fn lend(&mut self, phase: Phase) -> Lent {
+        debug_assert!(
+            phase != Phase::Logging,
+            "logging calls outlive the exchange"
+        );
+        self.calls += 1;
+        let mut request = std::mem::take(&mut self.request);
+        let request_body = match phase {
+            Phase::RequestFilter => None,
+            _ => request.body.take(),
+        };
+        let mut response = match phase {
+            Phase::RequestFilter => None,
+            _ => self.response.take(),
+        };
+        let response_body = match phase {
+            Phase::ResponseBodyFilter => response.as_mut().and_then(|r| r.body.take()),
+            _ => None,
+        };
+        Lent {
+            request: PhaseRequest {
+                version: PROTOCOL_VERSION,
+                request_id: format!("{}-{}", self.id, self.calls),
+                session_id: Some(self.session_id),
+                phase: phase.as_str().to_string(),
+                request,
+                response,
+                chunk: None,
+                duration_ms: None,
+            },
+            request_body,
+            response_body,
+        }
+    }
+
+    /// Take back what [`Exchange::lend`] moved out; returns the chunk the
+    /// request carried.
+    pub(crate) fn give_back(&mut self, lent: Lent) -> Option<BodyChunk> {
+        let Lent {
+            request,
+            request_body,
+            response_body,
+        } = lent;
+        self.request = request.request;
+        if request_body.is_some() {
+            self.request.body = request_body;
+        }
+        if let Some(mut response) = request.response {
+            if response_body.is_some() {
+                response.body = response_body;
+            }
+            self.response = Some(response);
+        }
+        request.chunk
+    }
+
+    /// A request for `phase` carrying a copy of the exchange as it is now,
+    /// with a fresh request id: for calls that outlive the exchange
+    /// (`logging`). The request body goes to `request_filter` only.
     pub(crate) fn phase_request(&mut self, phase: Phase) -> PhaseRequest {
         self.calls += 1;
         let mut request = self.request.clone();
@@ -115,6 +178,15 @@ impl Exchange {
         self.body_finished = true;
         self.body_states.iter_mut().for_each(|s| *s = None);
     }
+}
+
+/// A phase request lent the exchange's request and response, and the
+/// bodies it does not carry, kept aside until they are given back.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    pub(crate) request: PhaseRequest,
+    request_body: Option<Vec<u8>>,
+    response_body: Option<Vec<u8>>,
 }
 
 /// How a filter phase of the chain ended, when it did not fail.
@@ -193,4 +265,68 @@ pub struct BodyOutput {
     /// Whether the body ends here: the chunk was the last, or a filter
     /// ended the body (`end`) and the rest of the upstream body is dropped.
     pub end_of_stream: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange {
+        let request = HttpRequest {
+            method: "POST".into(),
+            path: "/upload".into(),
+            headers: vec![("x-a".into(), "1".into())],
+            body: Some(b"request body".to_vec()),
+            ..HttpRequest::default()
+        };
+        let mut exchange = Exchange::new(request, 7, "ex".into(), 1);
+        exchange.response = Some(HttpResponse {
+            status: 200,
+            headers: vec![("x-b".into(), "2".into())],
+            body: Some(b"response body".to_vec()),
+        });
+        exchange
+    }
+
+    #[test]
+    fn each_phase_is_lent_what_it_carries_and_the_exchange_gets_all_back() {
+        for phase in [
+            Phase::RequestFilter,
+            Phase::ResponseFilter,
+            Phase::ResponseBodyFilter,
+        ] {
+            let mut exchange = exchange();
+            let (request, response) = (exchange.request.clone(), exchange.response.clone());
+            let mut lent = exchange.lend(phase);
+            let sent = &lent.request;
+            assert_eq!(sent.request_id, "ex-1");
+            assert_eq!(sent.session_id, Some(7));
+            assert_eq!(sent.phase, phase.as_str());
+            assert_eq!(sent.request.headers, request.headers);
+            assert_eq!(
+                sent.request.body.is_some(),
+                phase == Phase::RequestFilter,
+                "{phase}: the request body"
+            );
+            assert_eq!(
+                sent.response.as_ref().map(|r| r.body.is_some()),
+                match phase {
+                    Phase::RequestFilter => None,
+                    Phase::ResponseFilter => Some(true),
+                    _ => Some(false),
+                },
+                "{phase}: the response and its body"
+            );
+            lent.request.chunk = Some(BodyChunk {
+                data: b"chunk".to_vec(),
+                end_of_stream: false,
+                state: None,
+            });
+            let chunk = exchange.give_back(lent);
+            assert_eq!(chunk.map(|c| c.data), Some(b"chunk".to_vec()));
+            assert_eq!(exchange.request, request, "{phase}");
+            assert_eq!(exchange.response, response, "{phase}");
+            assert_eq!(exchange.lend(phase).request.request_id, "ex-2");
+        }
+    }
 }

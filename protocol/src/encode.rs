@@ -1,11 +1,139 @@
-//! Writing messages: phase requests (for callers and tests) and replies.
+//! Writing messages: phase requests (for callers and tests) and replies,
+//! each byte for byte as `rmp_serde::to_vec_named` writes them.
 
-use crate::message::PhaseRequest;
+use crate::message::{BodyChunk, HeaderList, HttpRequest, HttpResponse, PhaseRequest};
 use crate::reply::{Action, HeaderMutations, PhaseReply};
 
-/// Encode a phase request (for callers and tests).
+/// Encode a phase request (for callers and tests): the bytes
+/// `rmp_serde::to_vec_named` writes for it (a map of the fields that are
+/// set, in declaration order), written directly into a buffer sized up
+/// front.
 pub fn encode_request(request: &PhaseRequest) -> Vec<u8> {
-    rmp_serde::to_vec_named(request).expect("phase requests always serialize")
+    let mut out = Vec::with_capacity(request_size_hint(request));
+    let optional = [
+        request.session_id.is_some(),
+        request.response.is_some(),
+        request.chunk.is_some(),
+        request.duration_ms.is_some(),
+    ];
+    map_len(&mut out, 4 + optional.iter().filter(|set| **set).count());
+    str(&mut out, "version");
+    uint(&mut out, u64::from(request.version));
+    str(&mut out, "request_id");
+    str(&mut out, &request.request_id);
+    if let Some(session_id) = request.session_id {
+        str(&mut out, "session_id");
+        uint(&mut out, session_id);
+    }
+    str(&mut out, "phase");
+    str(&mut out, &request.phase);
+    str(&mut out, "request");
+    http_request(&mut out, &request.request);
+    if let Some(response) = &request.response {
+        str(&mut out, "response");
+        http_response(&mut out, response);
+    }
+    if let Some(chunk) = &request.chunk {
+        str(&mut out, "chunk");
+        body_chunk(&mut out, chunk);
+    }
+    if let Some(duration_ms) = request.duration_ms {
+        str(&mut out, "duration_ms");
+        uint(&mut out, duration_ms);
+    }
+    out
+}
+
+fn http_request(out: &mut Vec<u8>, request: &HttpRequest) {
+    let optional = [
+        request.query.is_some(),
+        request.host.is_some(),
+        request.client_ip.is_some(),
+        request.body.is_some(),
+    ];
+    map_len(out, 3 + optional.iter().filter(|set| **set).count());
+    str(out, "method");
+    str(out, &request.method);
+    str(out, "path");
+    str(out, &request.path);
+    for (key, text) in [
+        ("query", &request.query),
+        ("host", &request.host),
+        ("client_ip", &request.client_ip),
+    ] {
+        if let Some(text) = text {
+            str(out, key);
+            str(out, text);
+        }
+    }
+    str(out, "headers");
+    header_list(out, &request.headers);
+    if let Some(body) = &request.body {
+        str(out, "body");
+        bin(out, body);
+    }
+}
+
+fn http_response(out: &mut Vec<u8>, response: &HttpResponse) {
+    map_len(out, 2 + usize::from(response.body.is_some()));
+    str(out, "status");
+    uint(out, u64::from(response.status));
+    str(out, "headers");
+    header_list(out, &response.headers);
+    if let Some(body) = &response.body {
+        str(out, "body");
+        bin(out, body);
+    }
+}
+
+fn body_chunk(out: &mut Vec<u8>, chunk: &BodyChunk) {
+    map_len(out, 2 + usize::from(chunk.state.is_some()));
+    str(out, "data");
+    bin(out, &chunk.data);
+    str(out, "end_of_stream");
+    out.push(if chunk.end_of_stream { 0xc3 } else { 0xc2 });
+    if let Some(state) = &chunk.state {
+        str(out, "state");
+        bin(out, state);
+    }
+}
+
+/// Each field a two-element array, as serde writes a tuple.
+fn header_list(out: &mut Vec<u8>, headers: &HeaderList) {
+    array_len(out, headers.len());
+    for (name, value) in headers {
+        array_len(out, 2);
+        str(out, name);
+        str(out, value);
+    }
+}
+
+/// A bound, give or take a few bytes, on the encoded size of `request`.
+fn request_size_hint(request: &PhaseRequest) -> usize {
+    // Field names, markers and lengths of each value.
+    const FIELD: usize = 24;
+    let text = |t: &Option<String>| t.as_ref().map_or(0, |t| FIELD + t.len());
+    let bytes = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, |b| FIELD + b.len());
+    let headers = |h: &HeaderList| h.iter().map(|(n, v)| n.len() + v.len() + 12).sum::<usize>();
+    let http = &request.request;
+    8 * FIELD
+        + request.request_id.len()
+        + request.phase.len()
+        + http.method.len()
+        + http.path.len()
+        + text(&http.query)
+        + text(&http.host)
+        + text(&http.client_ip)
+        + headers(&http.headers)
+        + bytes(&http.body)
+        + request
+            .response
+            .as_ref()
+            .map_or(0, |r| 3 * FIELD + headers(&r.headers) + bytes(&r.body))
+        + request
+            .chunk
+            .as_ref()
+            .map_or(0, |c| 3 * FIELD + c.data.len() + bytes(&c.state))
 }
 
 /// Encode a reply: the bytes `rmp_serde::to_vec_named` writes for it (a
@@ -152,10 +280,10 @@ fn uint(out: &mut Vec<u8>, value: u64) {
     }
 }
 
-/// A length MessagePack can carry: no reply comes near 4 GiB, which NATS
-/// payloads are far below.
+/// A length MessagePack can carry: no message comes near 4 GiB, which
+/// NATS payloads are far below.
 fn u32_len(len: usize) -> u32 {
-    u32::try_from(len).expect("a reply field is below 4 GiB")
+    u32::try_from(len).expect("a message field is below 4 GiB")
 }
 
 /// A bound, give or take a few bytes, on the encoded size of `reply`.
