@@ -127,7 +127,7 @@ impl BackgroundService for Drain {
         }
         if let Some(running) = self.started.get() {
             let threads = running
-                .threads
+                .thread_connections
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();

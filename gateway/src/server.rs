@@ -47,7 +47,7 @@ pub struct Running {
     /// The shared NATS connection: the chains' own.
     pub client: async_nats::Client,
     /// The proxy threads' own connections, once opened.
-    pub threads: std::sync::Mutex<Vec<async_nats::Client>>,
+    pub thread_connections: std::sync::Mutex<Vec<async_nats::Client>>,
     /// The routes and their chains.
     pub routes: Arc<RouteTable>,
     /// The counters.
@@ -238,7 +238,7 @@ impl PingoraService for GatewayService {
                 if let Some(running) = self.startup.started.get() {
                     running.metrics.nats_connections().inc();
                     running
-                        .threads
+                        .thread_connections
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .push(connection.client.clone());
@@ -332,7 +332,7 @@ async fn connect_and_build(
     }
     Ok(Running {
         client,
-        threads: std::sync::Mutex::new(Vec::new()),
+        thread_connections: std::sync::Mutex::new(Vec::new()),
         routes,
         metrics,
     })
