@@ -8,7 +8,7 @@ use natsplug_protocol::{Action, BodyChunk, HttpRequest, Phase, PhaseReply, Phase
 use tokio::sync::Semaphore;
 
 use crate::call::PhaseCaller;
-use crate::exchange::{BodyOutput, Exchange, LocalResponse, PhaseFailure, Verdict};
+use crate::exchange::{BodyOutput, Exchange, LocalResponse, PhaseFailure, Sent, Verdict};
 use crate::mutations::{apply_to_request, apply_to_response};
 use crate::phases::{Knowledge, PhaseDirectory};
 use crate::policy::{FailureMode, PhasePolicy};
@@ -94,11 +94,10 @@ impl Chain {
             if self.inner.skips(index, Phase::RequestFilter) {
                 continue;
             }
-            let lent = exchange.lend(Phase::RequestFilter);
-            let sent = Sent::of(exchange);
             let phase = Phase::RequestFilter;
-            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
-            exchange.give_back(lent);
+            let (lending, sent) = exchange.lend(phase);
+            let outcome = self.inner.step(index, phase, &lending.request, sent).await;
+            lending.give_back();
             let reply = match outcome? {
                 None => continue,
                 Some(reply) => reply,
@@ -125,11 +124,10 @@ impl Chain {
             if self.inner.skips(index, Phase::ResponseFilter) {
                 continue;
             }
-            let lent = exchange.lend(Phase::ResponseFilter);
-            let sent = Sent::of(exchange);
             let phase = Phase::ResponseFilter;
-            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
-            exchange.give_back(lent);
+            let (lending, sent) = exchange.lend(phase);
+            let outcome = self.inner.step(index, phase, &lending.request, sent).await;
+            lending.give_back();
             let reply = match outcome? {
                 None => continue,
                 Some(reply) => reply,
@@ -170,17 +168,16 @@ impl Chain {
             if self.inner.skips(index, Phase::ResponseBodyFilter) {
                 continue;
             }
-            let mut lent = exchange.lend(Phase::ResponseBodyFilter);
             let state = exchange.take_body_state(index);
-            lent.request.chunk = Some(BodyChunk {
+            let phase = Phase::ResponseBodyFilter;
+            let (mut lending, sent) = exchange.lend(phase);
+            lending.request.chunk = Some(BodyChunk {
                 data,
                 end_of_stream,
                 state,
             });
-            let sent = Sent::of(exchange);
-            let phase = Phase::ResponseBodyFilter;
-            let outcome = self.inner.step(index, phase, &lent.request, sent).await;
-            let chunk = exchange.give_back(lent);
+            let outcome = self.inner.step(index, phase, &lending.request, sent).await;
+            let chunk = lending.give_back();
             let outcome = outcome?;
             let unchanged = chunk.map(|c| c.data).unwrap_or_default();
             match outcome {
@@ -247,22 +244,6 @@ impl Chain {
             futures::future::join_all(sends).await;
         });
         true
-    }
-}
-
-/// How an exchange's calls are sent: its `traceparent` and connection.
-#[derive(Debug, Clone, Copy)]
-struct Sent<'a> {
-    traceparent: Option<&'a str>,
-    connection: Option<&'a async_nats::Client>,
-}
-
-impl<'a> Sent<'a> {
-    fn of(exchange: &'a Exchange) -> Sent<'a> {
-        Sent {
-            traceparent: exchange.traceparent.as_deref(),
-            connection: exchange.connection.as_ref(),
-        }
     }
 }
 

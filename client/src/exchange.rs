@@ -14,7 +14,9 @@ use crate::mutations::local_headers;
 
 /// The state of one HTTP exchange through a chain. Made by
 /// [`Chain::exchange`](crate::Chain::exchange); hand the same one to every
-/// phase of the exchange, in order.
+/// phase of the exchange, in order. A phase whose future is dropped before
+/// it finishes (a timeout around it, a client gone) leaves the exchange as
+/// the calls it finished left it.
 #[derive(Debug)]
 pub struct Exchange {
     /// The client's request, with the changes of the `request_filter`s
@@ -75,29 +77,38 @@ impl Exchange {
 
     /// A request for `phase` carrying the exchange's request (and, in the
     /// response phases, its response) themselves, moved out of the
-    /// exchange until [`Exchange::give_back`] instead of copied for each
-    /// call, with a fresh request id. The request body goes to
-    /// `request_filter` only, the response body to no phase.
-    pub(crate) fn lend(&mut self, phase: Phase) -> Lent {
+    /// exchange instead of copied for each call, with a fresh request id;
+    /// and how to send it. The request body goes to `request_filter` only,
+    /// the response body to no phase. What was moved out comes back when
+    /// the [`Lending`] is given back or dropped, so a call whose future is
+    /// dropped leaves the exchange as it was.
+    pub(crate) fn lend(&mut self, phase: Phase) -> (Lending<'_>, Sent<'_>) {
         debug_assert!(
             phase != Phase::Logging,
             "logging calls outlive the exchange"
         );
         self.calls += 1;
-        let mut request = std::mem::take(&mut self.request);
+        let Exchange {
+            request: exchange_request,
+            response: exchange_response,
+            traceparent,
+            connection,
+            ..
+        } = self;
+        let mut request = std::mem::take(exchange_request);
         let request_body = match phase {
             Phase::RequestFilter => None,
             _ => request.body.take(),
         };
         let mut response = match phase {
             Phase::RequestFilter => None,
-            _ => self.response.take(),
+            _ => exchange_response.take(),
         };
         let response_body = match phase {
             Phase::ResponseBodyFilter => response.as_mut().and_then(|r| r.body.take()),
             _ => None,
         };
-        Lent {
+        let lending = Lending {
             request: PhaseRequest {
                 version: PROTOCOL_VERSION,
                 request_id: format!("{}-{}", self.id, self.calls),
@@ -110,28 +121,15 @@ impl Exchange {
             },
             request_body,
             response_body,
-        }
-    }
-
-    /// Take back what [`Exchange::lend`] moved out; returns the chunk the
-    /// request carried.
-    pub(crate) fn give_back(&mut self, lent: Lent) -> Option<BodyChunk> {
-        let Lent {
-            request,
-            request_body,
-            response_body,
-        } = lent;
-        self.request = request.request;
-        if request_body.is_some() {
-            self.request.body = request_body;
-        }
-        if let Some(mut response) = request.response {
-            if response_body.is_some() {
-                response.body = response_body;
-            }
-            self.response = Some(response);
-        }
-        request.chunk
+            to_request: exchange_request,
+            to_response: exchange_response,
+            given_back: false,
+        };
+        let sent = Sent {
+            traceparent: traceparent.as_deref(),
+            connection: connection.as_ref(),
+        };
+        (lending, sent)
     }
 
     /// A request for `phase` carrying a copy of the exchange as it is now,
@@ -180,13 +178,54 @@ impl Exchange {
     }
 }
 
-/// A phase request lent the exchange's request and response, and the
-/// bodies it does not carry, kept aside until they are given back.
+/// How an exchange's calls are sent: its `traceparent` and connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent<'a> {
+    pub(crate) traceparent: Option<&'a str>,
+    pub(crate) connection: Option<&'a async_nats::Client>,
+}
+
+/// A phase request lent an exchange's request and response, with the
+/// bodies it does not carry kept aside; all of it goes back into the
+/// exchange when given back or dropped.
 #[derive(Debug)]
-pub(crate) struct Lent {
+pub(crate) struct Lending<'a> {
     pub(crate) request: PhaseRequest,
     request_body: Option<Vec<u8>>,
     response_body: Option<Vec<u8>>,
+    to_request: &'a mut HttpRequest,
+    to_response: &'a mut Option<HttpResponse>,
+    given_back: bool,
+}
+
+impl Lending<'_> {
+    /// Put everything back; returns the chunk the request carried.
+    pub(crate) fn give_back(mut self) -> Option<BodyChunk> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> Option<BodyChunk> {
+        if std::mem::replace(&mut self.given_back, true) {
+            return None;
+        }
+        *self.to_request = std::mem::take(&mut self.request.request);
+        if let Some(body) = self.request_body.take() {
+            self.to_request.body = Some(body);
+        }
+        if let Some(mut response) = self.request.response.take() {
+            if let Some(body) = self.response_body.take() {
+                response.body = Some(body);
+            }
+            *self.to_response = Some(response);
+        }
+        self.request.chunk.take()
+    }
+}
+
+impl Drop for Lending<'_> {
+    fn drop(&mut self) {
+        self.restore();
+    }
 }
 
 /// How a filter phase of the chain ended, when it did not fail.
@@ -297,8 +336,8 @@ mod tests {
         ] {
             let mut exchange = exchange();
             let (request, response) = (exchange.request.clone(), exchange.response.clone());
-            let mut lent = exchange.lend(phase);
-            let sent = &lent.request;
+            let (mut lending, _) = exchange.lend(phase);
+            let sent = &lending.request;
             assert_eq!(sent.request_id, "ex-1");
             assert_eq!(sent.session_id, Some(7));
             assert_eq!(sent.phase, phase.as_str());
@@ -317,16 +356,23 @@ mod tests {
                 },
                 "{phase}: the response and its body"
             );
-            lent.request.chunk = Some(BodyChunk {
+            lending.request.chunk = Some(BodyChunk {
                 data: b"chunk".to_vec(),
                 end_of_stream: false,
                 state: None,
             });
-            let chunk = exchange.give_back(lent);
+            let chunk = lending.give_back();
             assert_eq!(chunk.map(|c| c.data), Some(b"chunk".to_vec()));
             assert_eq!(exchange.request, request, "{phase}");
             assert_eq!(exchange.response, response, "{phase}");
-            assert_eq!(exchange.lend(phase).request.request_id, "ex-2");
+
+            // Dropped without being given back, as a cancelled call's is:
+            // the exchange is whole all the same.
+            let (lending, _) = exchange.lend(phase);
+            assert_eq!(lending.request.request_id, "ex-2");
+            drop(lending);
+            assert_eq!(exchange.request, request, "{phase}: after a drop");
+            assert_eq!(exchange.response, response, "{phase}: after a drop");
         }
     }
 }
