@@ -22,6 +22,20 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn request() -> impl Strategy<Value = PhaseRequest> {
+    request_of(text, bytes)
+}
+
+/// Any phase request, every optional field set or not, its texts from
+/// `text` and its bytes from `bytes`.
+pub(super) fn request_of<T, B>(
+    text: impl Fn() -> T,
+    bytes: impl Fn() -> B,
+) -> impl Strategy<Value = PhaseRequest>
+where
+    T: Strategy<Value = String> + 'static,
+    B: Strategy<Value = Vec<u8>> + 'static,
+{
+    let headers = || proptest::collection::vec((text(), text()), 0..20);
     let http = (
         text(),
         text(),

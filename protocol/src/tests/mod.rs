@@ -284,78 +284,6 @@ mod encoders {
             )
     }
 
-    fn headers() -> impl Strategy<Value = HeaderList> {
-        proptest::collection::vec((text(), text()), 0..20)
-    }
-
-    fn http_request() -> impl Strategy<Value = HttpRequest> {
-        (
-            (text(), text(), proptest::option::of(text())),
-            (proptest::option::of(text()), proptest::option::of(text())),
-            (headers(), proptest::option::of(bytes())),
-        )
-            .prop_map(
-                |((method, path, query), (host, client_ip), (headers, body))| HttpRequest {
-                    method,
-                    path,
-                    query,
-                    host,
-                    client_ip,
-                    headers,
-                    body,
-                },
-            )
-    }
-
-    fn request() -> impl Strategy<Value = PhaseRequest> {
-        let response = (any::<u16>(), headers(), proptest::option::of(bytes())).prop_map(
-            |(status, headers, body)| HttpResponse {
-                status,
-                headers,
-                body,
-            },
-        );
-        let chunk = (bytes(), any::<bool>(), proptest::option::of(bytes())).prop_map(
-            |(data, end_of_stream, state)| BodyChunk {
-                data,
-                end_of_stream,
-                state,
-            },
-        );
-        (
-            (
-                any::<u16>(),
-                text(),
-                proptest::option::of(any::<u64>()),
-                text(),
-            ),
-            http_request(),
-            (
-                proptest::option::of(response),
-                proptest::option::of(chunk),
-                proptest::option::of(any::<u64>()),
-            ),
-        )
-            .prop_map(
-                |(
-                    (version, request_id, session_id, phase),
-                    request,
-                    (response, chunk, duration_ms),
-                )| {
-                    PhaseRequest {
-                        version,
-                        request_id,
-                        session_id,
-                        phase,
-                        request,
-                        response,
-                        chunk,
-                        duration_ms,
-                    }
-                },
-            )
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
 
@@ -369,7 +297,9 @@ mod encoders {
 
         /// Likewise for requests, every optional field set or not.
         #[test]
-        fn requests_are_encoded_as_rmp_serde_encodes_them(request in request()) {
+        fn requests_are_encoded_as_rmp_serde_encodes_them(
+            request in super::fast_reader::request_of(text, bytes),
+        ) {
             let by_serde = rmp_serde::to_vec_named(&request).unwrap();
             prop_assert_eq!(encode_request(&request), by_serde);
         }
