@@ -214,7 +214,7 @@ impl Chain {
         let mut calls = Vec::new();
         for index in 0..self.inner.plugins.len() {
             if !self.inner.skips(index, Phase::Logging) {
-                calls.push((index, exchange.phase_request(Phase::Logging)));
+                calls.push((index, exchange.logging_request()));
             }
         }
         if calls.is_empty() {

@@ -87,42 +87,33 @@ impl Exchange {
             phase != Phase::Logging,
             "logging calls outlive the exchange"
         );
-        self.calls += 1;
-        let Exchange {
-            request: exchange_request,
-            response: exchange_response,
-            traceparent,
-            connection,
-            ..
-        } = self;
-        let mut request = std::mem::take(exchange_request);
+        let mut request = std::mem::take(&mut self.request);
         let request_body = match phase {
             Phase::RequestFilter => None,
             _ => request.body.take(),
         };
         let mut response = match phase {
             Phase::RequestFilter => None,
-            _ => exchange_response.take(),
+            _ => self.response.take(),
         };
         let response_body = match phase {
             Phase::ResponseBodyFilter => response.as_mut().and_then(|r| r.body.take()),
             _ => None,
         };
+        let request = self.numbered(phase, request, response);
+        let Exchange {
+            request: to_request,
+            response: to_response,
+            traceparent,
+            connection,
+            ..
+        } = self;
         let lending = Lending {
-            request: PhaseRequest {
-                version: PROTOCOL_VERSION,
-                request_id: format!("{}-{}", self.id, self.calls),
-                session_id: Some(self.session_id),
-                phase: phase.as_str().to_string(),
-                request,
-                response,
-                chunk: None,
-                duration_ms: None,
-            },
+            request,
             request_body,
             response_body,
-            to_request: exchange_request,
-            to_response: exchange_response,
+            to_request,
+            to_response,
             given_back: false,
         };
         let sent = Sent {
@@ -132,23 +123,29 @@ impl Exchange {
         (lending, sent)
     }
 
-    /// A request for `phase` carrying a copy of the exchange as it is now,
-    /// with a fresh request id: for calls that outlive the exchange
-    /// (`logging`). The request body goes to `request_filter` only.
-    pub(crate) fn phase_request(&mut self, phase: Phase) -> PhaseRequest {
-        self.calls += 1;
-        let mut request = self.request.clone();
-        if phase != Phase::RequestFilter {
-            request.body = None;
-        }
-        let response = match phase {
-            Phase::RequestFilter => None,
-            Phase::ResponseFilter | Phase::Logging => self.response.clone(),
-            Phase::ResponseBodyFilter => self.response.as_ref().map(|r| HttpResponse {
-                body: None,
-                ..r.clone()
-            }),
+    /// A `logging` request carrying a copy of the exchange as it is now
+    /// (without the request body), with a fresh request id and the time
+    /// the exchange took: its calls outlive the exchange.
+    pub(crate) fn logging_request(&mut self) -> PhaseRequest {
+        let request = HttpRequest {
+            body: None,
+            ..self.request.clone()
         };
+        let response = self.response.clone();
+        let mut phase_request = self.numbered(Phase::Logging, request, response);
+        let elapsed = self.started.elapsed().as_millis();
+        phase_request.duration_ms = Some(u64::try_from(elapsed).unwrap_or(u64::MAX));
+        phase_request
+    }
+
+    /// A request for `phase` with the exchange's next request id.
+    fn numbered(
+        &mut self,
+        phase: Phase,
+        request: HttpRequest,
+        response: Option<HttpResponse>,
+    ) -> PhaseRequest {
+        self.calls += 1;
         PhaseRequest {
             version: PROTOCOL_VERSION,
             request_id: format!("{}-{}", self.id, self.calls),
@@ -157,8 +154,7 @@ impl Exchange {
             request,
             response,
             chunk: None,
-            duration_ms: (phase == Phase::Logging)
-                .then(|| u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            duration_ms: None,
         }
     }
 
