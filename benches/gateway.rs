@@ -413,8 +413,9 @@ fn nats_echo() {
             .expect("subscribing");
         // As a host would, it says in the hosts' service discovery which
         // phases it serves, so the gateway calls no other.
+        let service = natsplug_client::DiscoveryConfig::default().service_name;
         let info = client
-            .subscribe("$SRV.INFO.natsplug")
+            .subscribe(format!("$SRV.INFO.{service}"))
             .await
             .expect("subscribing");
         let endpoints = bytes::Bytes::from(format!(
