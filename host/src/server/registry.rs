@@ -160,7 +160,7 @@ impl Host {
         // One view of the server's errors per lane connection, each taken
         // before subscribing.
         let clients = self.lanes.clients();
-        let violations_before = self.stats.permission_violations.load(Ordering::Relaxed);
+        let violations_before = self.stats.permission_violations.load(Ordering::Acquire);
         let errors: Vec<_> = clients
             .iter()
             .map(|_| self.monitor.server_errors())
@@ -197,7 +197,7 @@ impl Host {
                 // wait (bounded) until each one's refusal has come in and
                 // been counted, before refusals are logged again.
                 let deadline = tokio::time::Instant::now() + window;
-                while self.stats.permission_violations.load(Ordering::Relaxed) - violations_before
+                while self.stats.permission_violations.load(Ordering::Acquire) - violations_before
                     < clients.len() as u64
                     && tokio::time::Instant::now() < deadline
                 {
