@@ -157,16 +157,17 @@ impl PhaseCaller {
     ) -> Result<PhaseReply, CallError> {
         let subject = format!("{}.{plugin}.{}", self.prefix, request.phase);
         let payload = Bytes::from(protocol::encode_request(request));
-        let mut nats_request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
+        // One timer bounds the call, ours below: a second one inside the
+        // NATS client would cost another timer registration (and a wake-up
+        // of the runtime's driver) per call for the same deadline.
+        let mut nats_request = async_nats::Request::new().payload(payload).timeout(None);
         if let Some(traceparent) = traceparent {
             let mut headers = HeaderMap::new();
             headers.insert("traceparent", traceparent);
             nats_request = nats_request.headers(headers);
         }
-        // The client's own timer bounds the wait; this one also bounds the
-        // publication, should the connection be stuck.
+        // Bounds the publication, should the connection be stuck, and the
+        // wait for the reply.
         let sent = tokio::time::timeout(
             timeout,
             connection.send_request(subject.clone(), nats_request),
