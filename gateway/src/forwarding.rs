@@ -7,52 +7,62 @@ use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
+use http::HeaderName;
+
 use crate::headers::Head;
 
 /// The pseudonym the gateway gives itself in `Via`.
 pub const VIA_PSEUDONYM: &str = "natsplug";
 
+/// The fields the gateway reads and writes, parsed once.
+mod names {
+    use http::HeaderName;
+
+    pub static CONNECTION: HeaderName = http::header::CONNECTION;
+    pub static FORWARDED: HeaderName = http::header::FORWARDED;
+    pub static VIA: HeaderName = http::header::VIA;
+    pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+}
+
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1;
 /// `Proxy-Connection` and `Keep-Alive` from HTTP/1.0 practice, `TE` and
 /// `Trailer` as Pingora strips them towards the upstream).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// The field names listed in the `Connection` fields of `head`, lower case.
-pub fn nominated(head: &impl Head) -> Vec<String> {
+/// The field names listed in the `Connection` fields of `head` that are
+/// field names.
+pub fn nominated(head: &impl Head) -> Vec<HeaderName> {
     let mut names = Vec::new();
-    head.each_value("connection", |value| {
-        let Ok(value) = std::str::from_utf8(value) else {
-            return;
-        };
+    head.each_value(&names::CONNECTION, |value| {
         names.extend(
             value
-                .split(',')
-                .map(|token| token.trim().to_ascii_lowercase())
-                .filter(|token| !token.is_empty()),
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|token| !token.is_empty())
+                .filter_map(|token| HeaderName::from_bytes(token).ok()),
         );
     });
     names
 }
 
 /// Remove the hop-by-hop fields from `head`, and the ones its `Connection`
-/// fields name, except those `keep` keeps.
+/// fields name, except those `keep` keeps (given their lower-case names).
 pub fn remove_hop_by_hop(head: &mut impl Head, keep: impl Fn(&str) -> bool) {
     let nominated = nominated(head);
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(nominated.iter().map(String::as_str))
-    {
-        if !keep(name) {
+    for name in HOP_BY_HOP.iter().chain(&nominated) {
+        if !keep(name.as_str()) {
             head.remove_all(name);
         }
     }
@@ -75,13 +85,16 @@ pub struct Client<'a> {
 pub fn add_forwarding(head: &mut impl Head, client: &Client<'_>) {
     let mut text = String::with_capacity(64);
     if let Some(ip) = client.ip {
-        let _ = write!(text, "{ip}");
-        head.add_to_list("x-forwarded-for", &text);
-        text.clear();
-        let _ = match ip {
-            IpAddr::V4(v4) => write!(text, "for={v4};"),
-            IpAddr::V6(v6) => write!(text, "for=\"[{v6}]\";"),
+        let mut address = String::with_capacity(39);
+        let _ = write!(address, "{ip}");
+        head.add_to_list(&names::X_FORWARDED_FOR, &address);
+        let (open, close) = match ip {
+            IpAddr::V4(_) => ("for=", ";"),
+            IpAddr::V6(_) => ("for=\"[", "]\";"),
         };
+        text.push_str(open);
+        text.push_str(&address);
+        text.push_str(close);
     }
     if let Some(host) = client.host {
         text.push_str("host=\"");
@@ -89,14 +102,14 @@ pub fn add_forwarding(head: &mut impl Head, client: &Client<'_>) {
         text.push_str("\";");
     }
     text.push_str("proto=http");
-    head.add_to_list("forwarded", &text);
+    head.add_to_list(&names::FORWARDED, &text);
     if let Some(host) = client.host
-        && !head.has("x-forwarded-host")
+        && !head.has(&names::X_FORWARDED_HOST)
     {
-        head.add("x-forwarded-host", host);
+        head.add(&names::X_FORWARDED_HOST, host);
     }
-    if !head.has("x-forwarded-proto") {
-        head.add("x-forwarded-proto", "http");
+    if !head.has(&names::X_FORWARDED_PROTO) {
+        head.add(&names::X_FORWARDED_PROTO, "http");
     }
     add_via(head, client.version);
 }
@@ -108,7 +121,7 @@ pub fn add_via(head: &mut impl Head, version: &str) {
     text.push_str(version);
     text.push(' ');
     text.push_str(VIA_PSEUDONYM);
-    head.add_to_list("via", &text);
+    head.add_to_list(&names::VIA, &text);
 }
 
 /// The exchange's `traceparent`: the client's when it is a valid W3C
@@ -116,7 +129,7 @@ pub fn add_via(head: &mut impl Head, version: &str) {
 /// zero), else a new one. Returns it and whether it was made here.
 pub fn traceparent(head: &impl Head) -> (String, bool) {
     let given = head
-        .first_value("traceparent")
+        .first_value(&names::TRACEPARENT)
         .and_then(|value| std::str::from_utf8(value).ok())
         .map(str::trim);
     match given {
@@ -130,15 +143,15 @@ pub fn traceparent(head: &impl Head) -> (String, bool) {
 pub fn set_traceparent(head: &mut impl Head, value: &str) {
     let mut count = 0;
     let mut same = true;
-    head.each_value("traceparent", |given| {
+    head.each_value(&names::TRACEPARENT, |given| {
         count += 1;
         same &= given == value.as_bytes();
     });
     if count == 1 && same {
         return;
     }
-    head.remove_all("traceparent");
-    head.add("traceparent", value);
+    head.remove_all(&names::TRACEPARENT);
+    head.add(&names::TRACEPARENT, value);
 }
 
 /// Whether `value` is a well-formed version-00 `traceparent`.
@@ -161,19 +174,37 @@ pub fn valid_traceparent(value: &str) -> bool {
 
 /// A new sampled `traceparent` with random trace and span ids.
 pub fn new_traceparent() -> String {
-    let (a, b, c) = (random_u64(), random_u64(), random_u64());
+    let [a, b, c] = random_u64s();
     // Never all zero: the lowest bit of each id is set.
-    format!("00-{a:016x}{:016x}-{:016x}-01", b | 1, c | 1)
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, a);
+    push_hex(&mut text, b | 1);
+    text.push('-');
+    push_hex(&mut text, c | 1);
+    text.push_str("-01");
+    text
 }
 
-fn random_u64() -> u64 {
+/// `value` as 16 lower-case hex digits.
+fn push_hex(text: &mut String, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        text.push(DIGITS[(value >> (shift * 4)) as usize & 0xf] as char);
+    }
+}
+
+fn random_u64s() -> [u64; 3] {
     // Each RandomState has fresh per-process random keys; hashing a
     // counter through it gives uniformly spread, unpredictable ids.
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
+    [0, 1, 2].map(|index| {
+        hasher.write_u8(index);
+        hasher.finish()
+    })
 }
 
 #[cfg(test)]
