@@ -36,8 +36,12 @@
 //! hop, (c) − (b) at p50 and concurrency 1, can be set against it; and the
 //! same round trip sent from a thread outside the client's runtime, each
 //! message crossing between threads twice (what a caller pays whose NATS
-//! connection runs on another runtime than its requests). The table and
-//! the goals are printed and written as JSON to `target/bench/gateway.json`.
+//! connection runs on another runtime than its requests); and the same
+//! paced, each request 250 µs after the previous reply, so that the path
+//! sits idle between requests as it does between the phase calls of a
+//! gateway at concurrency 1 (an idle process and an idle core take longer
+//! to wake than busy ones). The table and the goals are printed and
+//! written as JSON to `target/bench/gateway.json`.
 //!
 //! Each part is its own process: nats-server, `natsplug up` serving the
 //! example plugins, one `natsplug gateway` per gateway scenario (all
@@ -967,8 +971,19 @@ struct RoundTrip {
     p99_us: f64,
 }
 
-/// `count` requests one after the other to the echo responder.
-async fn nats_round_trip(client: &async_nats::Client, count: usize) -> RoundTrip {
+/// How long the paced round trip leaves the path idle between a reply
+/// and the next request: about what passes between two phase calls of a
+/// gateway at concurrency 1 (the rest of its exchange, the upstream's
+/// part included).
+const PACED_GAP: Duration = Duration::from_micros(250);
+
+/// `count` requests one after the other to the echo responder, each sent
+/// `gap` after the previous reply when one is given.
+async fn nats_round_trip(
+    client: &async_nats::Client,
+    count: usize,
+    gap: Option<Duration>,
+) -> RoundTrip {
     let payload = phase_request();
     for _ in 0..1000.min(count) {
         client
@@ -978,6 +993,12 @@ async fn nats_round_trip(client: &async_nats::Client, count: usize) -> RoundTrip
     }
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
+        if let Some(gap) = gap {
+            // A blocking sleep, on purpose: the thread (and with it the
+            // path to the responder) sits idle, as a timer of the runtime,
+            // a millisecond at the least, would not let it.
+            std::thread::sleep(gap);
+        }
         let sent = Instant::now();
         client
             .request(ECHO_SUBJECT, payload.clone())
@@ -1331,18 +1352,34 @@ fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
             if level == 0 {
                 let (count, task_client) = (settings.nats_requests, client.clone());
                 let measured = runtime.block_on(async move {
-                    tokio::spawn(async move { nats_round_trip(&task_client, count).await })
+                    tokio::spawn(async move { nats_round_trip(&task_client, count, None).await })
                         .await
                         .expect("the measuring task")
                 });
                 // The same from this thread, outside the client's runtime:
                 // each message crosses between threads twice.
-                let outside = runtime.block_on(nats_round_trip(&client, count));
+                let outside = runtime.block_on(nats_round_trip(&client, count, None));
+                // Paced: the path idle between requests, as between the
+                // phase calls of a gateway at concurrency 1.
+                let (paced_count, task_client) = ((count / 4).max(1), client.clone());
+                let paced = runtime.block_on(async move {
+                    tokio::spawn(async move {
+                        nats_round_trip(&task_client, paced_count, Some(PACED_GAP)).await
+                    })
+                    .await
+                    .expect("the measuring task")
+                });
                 eprintln!(
-                    "round {round}: raw NATS round trip p50 {:.1} µs, p99 {:.1} µs; from outside the client's runtime p50 {:.1} µs, p99 {:.1} µs",
-                    measured.p50_us, measured.p99_us, outside.p50_us, outside.p99_us
+                    "round {round}: raw NATS round trip p50 {:.1} µs, p99 {:.1} µs; from outside the client's runtime p50 {:.1} µs, p99 {:.1} µs; paced {} µs apart p50 {:.1} µs, p99 {:.1} µs",
+                    measured.p50_us,
+                    measured.p99_us,
+                    outside.p50_us,
+                    outside.p99_us,
+                    PACED_GAP.as_micros(),
+                    paced.p50_us,
+                    paced.p99_us
                 );
-                round_trips.push([measured, outside]);
+                round_trips.push([measured, outside, paced]);
             }
             for turn in 0..targets.len() {
                 let which = (round + turn) % targets.len();
@@ -1447,7 +1484,7 @@ fn run(settings: &Settings, wrk_version: &str, nginx_version: Option<&str>) {
             median_of(&rounds)
         })
         .collect();
-    let round_trip = [0, 1].map(|which| RoundTrip {
+    let round_trip = [0, 1, 2].map(|which| RoundTrip {
         requests: round_trips.iter().map(|r| r[which].requests).sum(),
         p50_us: median(round_trips.iter().map(|r| r[which].p50_us)),
         p99_us: median(round_trips.iter().map(|r| r[which].p99_us)),
@@ -1718,8 +1755,8 @@ fn report(
     wrk_version: &str,
     summary: &[Cell],
     cells: &[Cell],
-    [round_trip, outside]: [RoundTrip; 2],
-    round_trips: &[[RoundTrip; 2]],
+    [round_trip, outside, paced]: [RoundTrip; 3],
+    round_trips: &[[RoundTrip; 3]],
     counted: &[Counted],
     stops: &[serde_json::Value],
     targets: &[Target],
@@ -1759,6 +1796,12 @@ fn report(
         "the same sent from a thread outside the client's runtime (two crossings between threads per round trip): p50 {:.1} µs, p99 {:.1} µs",
         outside.p50_us, outside.p99_us
     );
+    println!(
+        "the same paced, each request {} µs after the previous reply (the path idle between them, as between a gateway's phase calls at concurrency 1): p50 {:.1} µs, p99 {:.1} µs",
+        PACED_GAP.as_micros(),
+        paced.p50_us,
+        paced.p99_us
+    );
 
     let hop_us = find_cell(summary, "c", 1).p50_us - find_cell(summary, "b", 1).p50_us;
     let budget_us = round_trip.p50_us + 50.0;
@@ -1777,8 +1820,9 @@ fn report(
     let responder_hop_us = find_cell(summary, "e", 1).p50_us - find_cell(summary, "b", 1).p50_us;
     let host_share_us = find_cell(summary, "c", 1).p50_us - find_cell(summary, "e", 1).p50_us;
     println!(
-        "the hop split: (e) − (b) = {responder_hop_us:.1} µs with a trivial responder (raw round trip + {:.1} µs), (c) − (e) = {host_share_us:.1} µs for the host and its plugin",
-        responder_hop_us - round_trip.p50_us
+        "the hop split: (e) − (b) = {responder_hop_us:.1} µs with a trivial responder (raw round trip + {:.1} µs, paced round trip + {:.1} µs), (c) − (e) = {host_share_us:.1} µs for the host and its plugin",
+        responder_hop_us - round_trip.p50_us,
+        responder_hop_us - paced.p50_us
     );
     println!(
         "goal: (b) ≥ 0.8 × (a) req/s at concurrency 64: (b)/(a) = {ratio:.2}: {}",
@@ -1940,9 +1984,13 @@ fn report(
         "every_round": cells,
         "nats_round_trip": round_trip,
         "nats_round_trip_outside_runtime": outside,
+        "nats_round_trip_paced": paced,
+        "nats_round_trip_paced_gap_us": PACED_GAP.as_micros() as u64,
         "nats_round_trip_every_round": round_trips
             .iter()
-            .map(|[on, off]| serde_json::json!({ "on_runtime": on, "outside_runtime": off }))
+            .map(|[on, off, paced]| {
+                serde_json::json!({ "on_runtime": on, "outside_runtime": off, "paced": paced })
+            })
             .collect::<Vec<_>>(),
         "goals": {
             "plugin_hop": {
