@@ -41,8 +41,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// The field names listed in the `Connection` fields of `head` that are
-/// field names.
+/// The valid field names listed in the `Connection` fields of `head`.
 pub fn nominated(head: &impl Head) -> Vec<HeaderName> {
     let mut names = Vec::new();
     head.each_value(&names::CONNECTION, |value| {
