@@ -16,8 +16,12 @@
 //! then the host's start-up time (cold and with a warm compiled cache) and
 //! its resident memory idle and under load. At concurrency 1 the latency is also measured with the three
 //! responders taking turns request by request: all three are measured in
-//! the same moments, each idle between two of its requests. The table is
-//! printed and written, with every round, as JSON to
+//! the same moments, each idle between two of its requests. Then one line
+//! per target of the second performance round (docs/performance.md),
+//! `goal: ...: met` or `not met`, from the same medians: (c)/(a)
+//! throughput at 64 and 256, (c)/(a) CPU per request at 64, (c)/(a) p99 at
+//! 256 and the interleaved p50 over the echo's. The table is printed and
+//! written, with every round and the goals, as JSON to
 //! `target/bench/end_to_end.json`.
 //!
 //! `cargo bench -p natsplug-suite --bench end_to_end`, options after `--`:
@@ -549,6 +553,14 @@ async fn run(settings: &Settings) {
         "; natsplug p50 {:+.1} µs over echo",
         interleaved[2].1 - echo_p50
     );
+    let goals = goals(&summary, interleaved[2].1 - echo_p50);
+    for goal in &goals {
+        println!(
+            "goal: {}: {}",
+            goal.text,
+            if goal.met { "met" } else { "not met" }
+        );
+    }
     println!(
         "start to ready with 4 plugins: cold {:.0} ms, warm cache {:.0} ms",
         cold_start.as_secs_f64() * 1000.0,
@@ -575,6 +587,10 @@ async fn run(settings: &Settings) {
             .iter()
             .map(|(responder, p50, p99)| serde_json::json!({ "responder": responder, "p50_us": p50, "p99_us": p99 }))
             .collect::<Vec<_>>(),
+        "goals": goals
+            .iter()
+            .map(|goal| serde_json::json!({ "goal": goal.text, "met": goal.met }))
+            .collect::<Vec<_>>(),
         "startup_ms": { "cold": cold_start.as_secs_f64() * 1000.0, "warm_cache": warm_start.as_secs_f64() * 1000.0 },
         "resident_mib": { "idle": idle_mib, "peak_under_load": peak_mib },
     });
@@ -587,6 +603,64 @@ async fn run(settings: &Settings) {
     println!("written to {}", file.display());
     drop(responders);
     drop(host);
+}
+
+/// One of the second round's targets, as this run measured it.
+struct Goal {
+    text: String,
+    met: bool,
+}
+
+/// The second round's targets (docs/performance.md), judged on the medians
+/// of this run: throughput at least 0.85 × the raw echo's at concurrency 64
+/// and 256, host CPU per request at 64 at most twice the echo's, p99 at 256
+/// at most 1.2 × the echo's, and p50 at concurrency 1 (the interleaved
+/// measurement, `p50_over_echo_us`) at most 30 µs over the echo's. A level
+/// this run did not measure is left out.
+fn goals(summary: &[Measurement], p50_over_echo_us: f64) -> Vec<Goal> {
+    let at = |responder: &str, concurrency: usize| {
+        summary
+            .iter()
+            .find(|m| m.responder == responder && m.concurrency == concurrency)
+    };
+    let mut goals = Vec::new();
+    for concurrency in [64, 256] {
+        if let (Some(echo), Some(hosted)) = (at("echo", concurrency), at("natsplug", concurrency)) {
+            let ratio = hosted.throughput / echo.throughput;
+            goals.push(Goal {
+                text: format!(
+                    "throughput at concurrency {concurrency} ≥ 0.85 × echo: {ratio:.2} × ({:.0} against {:.0} req/s)",
+                    hosted.throughput, echo.throughput
+                ),
+                met: ratio >= 0.85,
+            });
+        }
+    }
+    if let (Some(echo), Some(hosted)) = (at("echo", 64), at("natsplug", 64)) {
+        let ratio = hosted.cpu_us_per_request / echo.cpu_us_per_request;
+        goals.push(Goal {
+            text: format!(
+                "host CPU per request at concurrency 64 ≤ 2 × echo: {ratio:.2} × ({:.1} against {:.1} µs)",
+                hosted.cpu_us_per_request, echo.cpu_us_per_request
+            ),
+            met: ratio <= 2.0,
+        });
+    }
+    if let (Some(echo), Some(hosted)) = (at("echo", 256), at("natsplug", 256)) {
+        let ratio = hosted.p99_us / echo.p99_us;
+        goals.push(Goal {
+            text: format!(
+                "p99 at concurrency 256 ≤ 1.2 × echo: {ratio:.2} × ({:.0} against {:.0} µs)",
+                hosted.p99_us, echo.p99_us
+            ),
+            met: ratio <= 1.2,
+        });
+    }
+    goals.push(Goal {
+        text: format!("p50 at concurrency 1 ≤ echo + 30 µs: {p50_over_echo_us:+.1} µs"),
+        met: p50_over_echo_us <= 30.0,
+    });
+    goals
 }
 
 /// The median of each figure over the rounds of one responder.
