@@ -36,6 +36,9 @@ header = "x-tag"
 
 [plugin.misbehave]
 call_timeout_ms = 1000
+
+[plugin.every-phase.config]
+greeting = "hello"
 "#;
 
 /// A plugins directory (copies of guest components under chosen names)
@@ -323,6 +326,313 @@ async fn each_phase_changes_what_the_upstream_and_the_client_see() {
             "{plugin} {phase}"
         );
     }
+}
+
+/// `natsplug up` serving the `every-phase` test guest (from its plugins
+/// directory, kept while they live), and a gateway with three routes to
+/// `upstream`: `/plain` without plugins, host `open.test` through
+/// `every-phase` whose `request_filter` fails open, and every other
+/// request through `every-phase`.
+fn every_phase_gateway(
+    server: &NatsServer,
+    upstream: &Upstream,
+) -> (Plugins, UpProcess, GatewayProcess) {
+    let plugins = plugins(&[("every-phase", guests::EVERY_PHASE)]);
+    let host = start_host(server, &plugins);
+    let config = format!(
+        r#"
+[nats]
+urls = ["{nats}"]
+
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "{url}"
+plugins = []
+
+[[routes]]
+name = "request-open"
+host = "open.test"
+upstream = "{url}"
+plugins = [{{ name = "every-phase", request_filter = {{ failure_mode = "open", max_retries = 0 }} }}]
+
+[[routes]]
+name = "default"
+upstream = "{url}"
+plugins = ["every-phase"]
+"#,
+        nats = server.url(),
+        url = upstream.url()
+    );
+    let gateway = GatewayProcess::start_with_config(&config, &[]);
+    (plugins, host, gateway)
+}
+
+/// The last fields of a test client's request to `gateway` as forwarded,
+/// listed the way `every-phase` does (`name=value, ...`): the client's
+/// `traceparent` ([`TRACEPARENT`]), its `content-length` when it has a
+/// body, and the gateway's forwarding fields.
+fn forwarded_fields(gateway: SocketAddr, content_length: Option<usize>) -> String {
+    let length = content_length.map_or(String::new(), |n| format!(", content-length={n}"));
+    format!(
+        "traceparent={TRACEPARENT}{length}, x-forwarded-for=127.0.0.1, \
+         forwarded=for=127.0.0.1;host=\"{gateway}\";proto=http, x-forwarded-host={gateway}, \
+         x-forwarded-proto=http, via=1.1 natsplug"
+    )
+}
+
+#[tokio::test]
+async fn every_phase_rewrites_the_upstream_request_and_the_clients_status_and_fields() {
+    let server = NatsServer::start();
+    let upstream = Upstream::start();
+    let (_plugins, _host, gateway) = every_phase_gateway(&server, &upstream);
+    let at = gateway.address;
+
+    // Without the plugin the upstream's `server` field and status reach the
+    // client as they are.
+    let plain = get(at, "/plain/echo", &[("x-reply-server", "echo-server")]).await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(plain.header("server"), Some("echo-server"));
+    assert_eq!(upstream.requests(), 1);
+
+    let reply = request(
+        at,
+        "POST",
+        "/echo/phases?q=1",
+        &[
+            ("x-drop", "drop me"),
+            ("x-dup", "a"),
+            ("x-dup", "b"),
+            ("x-reply-server", "echo-server"),
+            ("traceparent", TRACEPARENT),
+        ],
+        "hello",
+    )
+    .await;
+    assert_eq!(upstream.requests(), 2, "{}", reply.text());
+
+    // request_filter: the upstream gets the rewritten path (a new target
+    // without a `?` has no query), without `x-drop`, with the fields the
+    // plugin set; `x-seen` lists what the plugin got: the fields as they
+    // would go upstream, `x-drop` among them.
+    let received = upstream.seen();
+    assert_eq!(received.len(), 2);
+    let forwarded = &received[1];
+    assert_eq!(forwarded.method, "POST");
+    assert_eq!(forwarded.path, "/rewritten/echo/phases");
+    let plugin_saw = format!(
+        "12 fields: host={at}, x-drop=drop me, x-dup=a, x-dup=b, x-reply-server=echo-server, {}",
+        forwarded_fields(at, Some(5))
+    );
+    let described = forwarded
+        .headers
+        .iter()
+        .find(|(name, _)| name == "x-request")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_else(|| panic!("no x-request upstream: {forwarded:?}"));
+    assert!(
+        described.starts_with(&format!(
+            "POST /echo/phases query=q=1 host={at} client-ip=127.0.0.1 request-id="
+        )) && described.ends_with(" trace-id=4bf92f3577b34da6a3ce929d0e0e4736"),
+        "x-request `{described}`"
+    );
+    let mut headers: Vec<(String, String)> = forwarded
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "x-request")
+        .cloned()
+        .collect();
+    headers.sort();
+    let at_text = at.to_string();
+    let mut expected: Vec<(String, String)> = [
+        ("host", at_text.as_str()),
+        ("x-dup", "a"),
+        ("x-dup", "b"),
+        ("x-reply-server", "echo-server"),
+        ("traceparent", TRACEPARENT),
+        ("content-length", "5"),
+        ("x-forwarded-for", "127.0.0.1"),
+        (
+            "forwarded",
+            &format!("for=127.0.0.1;host=\"{at}\";proto=http"),
+        ),
+        ("x-forwarded-host", &at_text),
+        ("x-forwarded-proto", "http"),
+        ("via", "1.1 natsplug"),
+        ("x-seen", &plugin_saw),
+        ("x-first", "a"),
+        ("x-all", "a,b"),
+        ("x-init", "greeting=hello"),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(headers, expected);
+    // Request bodies are not sent to plugins: the upstream gets the
+    // client's, not the one the plugin put in place of the absent one, and
+    // the gateway says so once for the route.
+    assert_eq!(forwarded.body_len, "hello".len());
+    let warnings = |log: String| {
+        log.lines()
+            .filter(|line| line.contains("set a request body in request_filter"))
+            .count()
+    };
+    wait_until("the ignored body's warning", || warnings(gateway.log()) > 0).await;
+
+    // response_filter: the upstream's 200 plus one, its fields without
+    // `server`, and the plugin's; it saw the request as rewritten.
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.header("server"), None, "{:?}", reply.headers);
+    assert_eq!(reply.header_values("x-upstream"), ["upstream"]);
+    assert_eq!(reply.header_values("x-response-body"), ["none"]);
+    let date = reply.header("date").expect("a date field");
+    let response_seen = reply.header_values("x-seen");
+    assert_eq!(response_seen.len(), 1, "{:?}", reply.headers);
+    let (before, after) = response_seen[0]
+        .split_once(", content-length=")
+        .unwrap_or_else(|| panic!("x-seen `{}`", response_seen[0]));
+    assert_eq!(
+        before,
+        "6 fields: content-type=application/json, server=echo-server, x-upstream=upstream"
+    );
+    let (length, after) = after.split_once(',').unwrap();
+    assert!(length.parse::<u64>().is_ok(), "content-length `{length}`");
+    assert_eq!(after, format!(" date={date}, via=1.1 natsplug"));
+    let request_seen = reply.header_values("x-request-seen");
+    assert_eq!(request_seen.len(), 1, "{:?}", reply.headers);
+    let expected_start = format!(
+        "POST /rewritten/echo/phases 16 fields: host={at}, x-dup=a, x-dup=b, \
+         x-reply-server=echo-server, {}, x-seen={plugin_saw}, x-first=a, x-all=a,b, \
+         x-request=POST /echo/phases query=q=1",
+        forwarded_fields(at, Some(5))
+    );
+    assert!(
+        request_seen[0].starts_with(&expected_start)
+            && request_seen[0].ends_with(", x-init=greeting=hello"),
+        "x-request-seen `{}`",
+        request_seen[0]
+    );
+
+    let plugin = |phase| phase_labels("default", "every-phase", phase);
+    for (phase, calls) in [("request_filter", 1.0), ("response_filter", 1.0)] {
+        gateway.wait_metric("natsplug_gateway_phase_calls_total", &plugin(phase), calls);
+    }
+    for (route, status) in [("plain", "200"), ("default", "201")] {
+        gateway.wait_metric(
+            "natsplug_gateway_requests_total",
+            &[("route", route), ("status", status)],
+            1.0,
+        );
+    }
+    assert_eq!(upstream.requests(), 2);
+
+    // A second exchange through the route adds no second warning.
+    let again = request(at, "POST", "/echo/again", &[], "again").await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(upstream.requests(), 3);
+    assert_eq!(upstream.seen()[2].body_len, "again".len());
+    gateway.wait_metric(
+        "natsplug_gateway_requests_total",
+        &[("route", "default"), ("status", "201")],
+        2.0,
+    );
+    assert_eq!(warnings(gateway.log()), 1, "{}", gateway.log());
+}
+
+#[tokio::test]
+async fn every_phase_ending_in_request_filter_answers_the_client_and_the_upstream_is_not_called() {
+    let server = NatsServer::start();
+    let upstream = Upstream::start();
+    let (_plugins, _host, gateway) = every_phase_gateway(&server, &upstream);
+    let at = gateway.address;
+
+    // `/end` is answered by request_filter, so neither the upstream nor
+    // response_filter (whose own `/end` answer this path cannot reach: the
+    // request never gets that far) is called.
+    let ended = get(at, "/end", &[("traceparent", TRACEPARENT)]).await;
+    assert_eq!(ended.status, 418, "{}", ended.text());
+    assert_eq!(ended.text(), "ended GET /end");
+    assert_eq!(ended.header_values("content-type"), ["text/plain"]);
+    assert_eq!(ended.header_values("content-length"), ["14"]);
+    let forwarded = forwarded_fields(at, None);
+    assert_eq!(
+        ended.header_values("x-seen"),
+        [format!("7 fields: host={at}, {forwarded}")]
+    );
+    assert_eq!(ended.header("server"), None);
+    assert_eq!(upstream.requests(), 0);
+
+    let plugin = |phase| phase_labels("default", "every-phase", phase);
+    let ended_outcome = [&plugin("request_filter")[..], &[("outcome", "ended")]].concat();
+    gateway.wait_metric("natsplug_gateway_phase_outcomes_total", &ended_outcome, 1.0);
+    gateway.wait_metric(
+        "natsplug_gateway_requests_total",
+        &[("route", "default"), ("status", "418")],
+        1.0,
+    );
+    assert_eq!(
+        gateway.metric(
+            "natsplug_gateway_phase_calls_total",
+            &plugin("response_filter")
+        ),
+        0.0
+    );
+    assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_response_filter_replaces_the_upstreams_answer_with_500_when_closed() {
+    let server = NatsServer::start();
+    let upstream = Upstream::start();
+    let (_plugins, _host, gateway) = every_phase_gateway(&server, &upstream);
+
+    // On `/fail` both of every-phase's filters fail: request_filter, open
+    // on this route, lets the request through unchanged; response_filter,
+    // closed, has the gateway answer in place of the upstream.
+    let reply = get(gateway.address, "/fail", &[("host", "open.test")]).await;
+    assert_gateway_error(&reply, 500);
+    assert_eq!(
+        reply.text(),
+        "natsplug gateway: plugin `every-phase` failed in response_filter: plugin failed \
+         `nylon.plugin.every-phase.response_filter`: told to fail on status 200 at /fail\n"
+    );
+    assert_eq!(reply.header("x-upstream"), None, "{:?}", reply.headers);
+    let received = upstream.seen();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, "/fail");
+    assert!(
+        !received[0].headers.iter().any(|(name, _)| name == "x-seen"),
+        "{:?}",
+        received[0]
+    );
+
+    let plugin = |phase| phase_labels("request-open", "every-phase", phase);
+    let outcome = |phase, outcome| [&plugin(phase)[..], &[("outcome", outcome)]].concat();
+    gateway.wait_metric(
+        "natsplug_gateway_phase_outcomes_total",
+        &outcome("request_filter", "failed_open"),
+        1.0,
+    );
+    gateway.wait_metric(
+        "natsplug_gateway_phase_outcomes_total",
+        &outcome("response_filter", "failed_closed"),
+        1.0,
+    );
+    gateway.wait_metric(
+        "natsplug_gateway_requests_total",
+        &[("route", "request-open"), ("status", "500")],
+        1.0,
+    );
+    // The gateway's answer replaced the body: nothing was left to filter.
+    assert_eq!(
+        gateway.metric(
+            "natsplug_gateway_phase_calls_total",
+            &plugin("response_body_filter")
+        ),
+        0.0
+    );
+    assert_eq!(upstream.requests(), 1);
 }
 
 #[tokio::test]
@@ -1486,16 +1796,13 @@ fn send_raw(address: SocketAddr, bytes: &[u8]) -> String {
     format!("silent, then {}", read_answer(&mut stream))
 }
 
-#[tokio::test]
-async fn malformed_requests_never_take_the_gateway_down() {
+/// Send 300 requests of [`malformed_request`] (a fixed seed) to `gateway`,
+/// 16 connections at a time, and assert that it kept accepting and runs.
+async fn send_malformed_requests(gateway: &mut GatewayProcess) {
     use proptest::strategy::{Strategy as _, ValueTree as _};
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
     const CASES: usize = 300;
-    let server = NatsServer::start();
-    let upstream = Upstream::start();
-    let mut gateway = gateway(&server, &upstream, "", &[]);
-
     let mut runner = TestRunner::new_with_rng(
         Config::default(),
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
@@ -1544,13 +1851,47 @@ async fn malformed_requests_never_take_the_gateway_down() {
         "the gateway exited:\n{}",
         gateway.log()
     );
-    let good = get(gateway.address, "/echo/after", &[]).await;
-    assert_eq!(good.status, 200);
-    assert_eq!(good.json()["path"], "/echo/after");
+}
+
+/// `/healthz` answers, the process runs, and it never logged a panic.
+fn assert_healthy_without_a_panic(gateway: &mut GatewayProcess) {
     assert_eq!(gateway.metrics_get("/healthz").0, 200);
     assert!(gateway.is_running());
     let log = gateway.log();
     assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
+}
+
+#[tokio::test]
+async fn malformed_requests_never_take_the_gateway_down() {
+    let server = NatsServer::start();
+    let upstream = Upstream::start();
+    let mut gateway = gateway(&server, &upstream, "", &[]);
+    send_malformed_requests(&mut gateway).await;
+    let good = get(gateway.address, "/echo/after", &[]).await;
+    assert_eq!(good.status, 200);
+    assert_eq!(good.json()["path"], "/echo/after");
+    assert_healthy_without_a_panic(&mut gateway);
+}
+
+#[tokio::test]
+async fn malformed_requests_never_take_down_a_gateway_with_a_chain_and_its_plugin_still_runs() {
+    let server = NatsServer::start();
+    let plugins = plugins(&[("header-injector", guests::HEADER_INJECTOR)]);
+    let _host = start_host(&server, &plugins);
+    let upstream = Upstream::start();
+    let mut gateway = gateway(&server, &upstream, "header-injector", &[]);
+    send_malformed_requests(&mut gateway).await;
+    let before = upstream.requests();
+    let good = get(gateway.address, "/echo/after", &[]).await;
+    assert_eq!(good.status, 200, "{}", good.text());
+    let echo = good.json();
+    assert_eq!(echo["path"], "/echo/after");
+    assert_eq!(seen(&echo, "x-plugin"), ["header-injector"]);
+    let request_ids = seen(&echo, "x-request-id");
+    assert_eq!(request_ids.len(), 1, "{echo}");
+    assert!(!request_ids[0].is_empty());
+    assert_eq!(upstream.requests(), before + 1);
+    assert_healthy_without_a_panic(&mut gateway);
 }
 
 #[tokio::test]
@@ -1675,6 +2016,51 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits_0() {
     assert!(
         TcpStream::connect(address).is_err(),
         "the gateway still accepts after exiting"
+    );
+}
+
+#[tokio::test]
+async fn the_standalone_natsplug_gateway_binary_proxies_through_a_plugin_chain() {
+    let server = NatsServer::start();
+    let plugins = plugins(&[("header-injector", guests::HEADER_INJECTOR)]);
+    let _host = start_host(&server, &plugins);
+    let upstream = Upstream::start();
+    // The gateway crate's own binary, built for the suite by
+    // `natsplug_suite::gateway_binary` (see there why not CARGO_BIN_EXE_).
+    let gateway = GatewayProcess::start_standalone(&[
+        "--nats",
+        &server.url(),
+        "--upstream",
+        &upstream.url(),
+        "--plugins",
+        "header-injector",
+    ]);
+    let executable = std::fs::read_link(format!("/proc/{}/exe", gateway.pid())).unwrap();
+    assert_eq!(
+        executable.file_name().and_then(|name| name.to_str()),
+        Some("natsplug-gateway"),
+        "{}",
+        executable.display()
+    );
+    assert_eq!(
+        gateway.ready_line,
+        format!(
+            "natsplug gateway ready: listening on {}, 1 route(s)",
+            gateway.address
+        )
+    );
+
+    let reply = get(gateway.address, "/echo/standalone", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echo = reply.json();
+    assert_eq!(echo["path"], "/echo/standalone");
+    assert_eq!(seen(&echo, "x-plugin"), ["header-injector"]);
+    assert_eq!(seen(&echo, "x-request-id").len(), 1, "{echo}");
+    assert_eq!(upstream.requests(), 1);
+    gateway.wait_metric(
+        "natsplug_gateway_phase_calls_total",
+        &phase_labels("default", "header-injector", "request_filter"),
+        1.0,
     );
 }
 

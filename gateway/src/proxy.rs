@@ -312,6 +312,13 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let request = &exchange.request;
+        if request.body.is_some()
+            && let Some(route) = &ctx.route
+        {
+            // The plugins got no body (`request_filter` does not buffer
+            // the client's); one set by a plugin is not applied.
+            route.request_body_ignored();
+        }
         let refused = apply_difference(upstream_request, &ctx.shown_headers, &request.headers);
         if !refused.is_empty() {
             tracing::warn!(

@@ -2,7 +2,7 @@
 //! then routes for any host, and among them the longest path prefix that
 //! ends on a segment boundary.
 
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use natsplug_client::Chain;
 
@@ -21,6 +21,22 @@ pub struct Route {
     pub upstream: UpstreamPeer,
     /// Its plugins; `None` when the route has none.
     pub chain: Option<Chain>,
+    /// Taken the first time a plugin of the chain sets a request body.
+    pub request_body_warning: Once,
+}
+
+impl Route {
+    /// Say, once per route, that a plugin of its chain set a request body
+    /// in `request_filter`, which the gateway does not apply.
+    pub fn request_body_ignored(&self) {
+        self.request_body_warning.call_once(|| {
+            tracing::warn!(
+                route = %self.name,
+                "a plugin of route `{}` set a request body in request_filter; the gateway streams request bodies to the upstream as the client sent them and applies only field and path changes (docs/gateway.md)",
+                self.name
+            )
+        });
+    }
 }
 
 /// The routes of the gateway.
@@ -98,6 +114,7 @@ mod tests {
             upstream: UpstreamPeer::new(upstream, Duration::from_secs(1), Duration::from_secs(1))
                 .unwrap(),
             chain: None,
+            request_body_warning: Once::new(),
         }
     }
 

@@ -323,6 +323,7 @@ async fn connect_and_build(
             prefix: normalized_prefix(&route.path_prefix).to_string(),
             upstream,
             chain,
+            request_body_warning: std::sync::Once::new(),
         });
     }
     let routes = Arc::new(RouteTable::new(routes));

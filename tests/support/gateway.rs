@@ -55,14 +55,30 @@ impl GatewayProcess {
         GatewayProcess::launch(Some(file), args)
     }
 
+    /// [`GatewayProcess::start`] on the standalone binary: run
+    /// `natsplug-gateway --listen A --metrics-listen M ARGS`.
+    pub fn start_standalone(args: &[&str]) -> GatewayProcess {
+        GatewayProcess::launch_command(Command::new(crate::gateway_binary()), None, args)
+    }
+
     fn launch(config: Option<tempfile::NamedTempFile>, args: &[&str]) -> GatewayProcess {
+        let mut command = Command::new(natsplug_binary());
+        command.arg("gateway");
+        GatewayProcess::launch_command(command, config, args)
+    }
+
+    /// Run `command` (the gateway, its subcommand given) with the listen
+    /// flags, `--config` and `args`, and wait for its ready line.
+    fn launch_command(
+        mut command: Command,
+        config: Option<tempfile::NamedTempFile>,
+        args: &[&str],
+    ) -> GatewayProcess {
         let (listen, metrics) = two_free_ports();
         let address = SocketAddr::from(([127, 0, 0, 1], listen));
         let metrics_address = SocketAddr::from(([127, 0, 0, 1], metrics));
         let log = tempfile::NamedTempFile::new().expect("a log file");
-        let mut command = Command::new(natsplug_binary());
         command
-            .arg("gateway")
             .args(["--listen", &address.to_string()])
             .args(["--metrics-listen", &metrics_address.to_string()]);
         if let Some(file) = &config {

@@ -62,41 +62,57 @@ pub fn cargo_command() -> std::process::Command {
 pub fn natsplug_binary() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let mut dir = std::env::current_exe().expect("the test binary's path");
-            dir.pop();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            let profile = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("debug")
-                .to_string();
-            let mut command = cargo_command();
-            command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-                "build",
-                "--quiet",
-                "-p",
-                "natsplug-cli",
-                "--bin",
-                "natsplug",
-            ]);
-            if profile != "debug" {
-                command.args([
-                    "--profile",
-                    if profile == "release" {
-                        "release"
-                    } else {
-                        &profile
-                    },
-                ]);
-            }
-            let status = command.status().expect("running cargo build for natsplug");
-            assert!(status.success(), "building the natsplug binary failed");
-            dir.join("natsplug")
-        })
+        .get_or_init(|| build_binary("natsplug-cli", "natsplug"))
         .clone()
+}
+
+/// The standalone `natsplug-gateway` binary (crate `gateway/`), built
+/// (once per test process) by the same cargo profile as the tests.
+///
+/// `CARGO_BIN_EXE_<name>` names only the binaries of the package under
+/// test (this suite), and `cargo test -p natsplug-suite` builds no binary
+/// of another package, so it is built here the way [`natsplug_binary`]
+/// is: a nested `cargo build` of just that binary, which is quick once
+/// built and puts it next to `natsplug` in the profile's directory.
+pub fn gateway_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_binary("natsplug-gateway", "natsplug-gateway"))
+        .clone()
+}
+
+/// `cargo build` binary `bin` of workspace package `package` with the
+/// profile the running test was built with; its path.
+fn build_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().expect("the test binary's path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let mut command = cargo_command();
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if profile != "debug" {
+        command.args([
+            "--profile",
+            if profile == "release" {
+                "release"
+            } else {
+                &profile
+            },
+        ]);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building the {bin} binary failed");
+    dir.join(bin)
 }
 
 /// `GET path` from an HTTP server at `address`: the status and the body.

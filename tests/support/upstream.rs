@@ -12,7 +12,8 @@
 //!
 //! An echo with `hop=1` in its query also sends hop-by-hop headers back
 //! (`Connection: x-up-hop`, `X-Up-Hop`, `Keep-Alive`) beside `X-Kept`.
-//! Every response carries `x-upstream: <name>`.
+//! An echo of a request carrying `x-reply-server: NAME` answers with
+//! `server: NAME`. Every response carries `x-upstream: <name>`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -235,6 +236,7 @@ async fn handle(
             )
         })
         .collect();
+    let reply_server = request.headers().get("x-reply-server").cloned();
     let body_len = match request.into_body().collect().await {
         Ok(body) => body.to_bytes().len(),
         Err(_) => 0,
@@ -316,6 +318,9 @@ async fn handle(
             headers.insert("x-up-hop", "dropped".parse().unwrap());
             headers.insert("keep-alive", "timeout=5".parse().unwrap());
             headers.insert("x-kept", "kept".parse().unwrap());
+        }
+        if let Some(server) = reply_server {
+            headers.insert("server", server);
         }
         response
     };
