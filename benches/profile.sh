@@ -74,16 +74,45 @@
 #   PROFILE_KEEP         a directory to keep perf.data, the samples and the
 #                        logs in (default: a temporary one, removed)
 #   PERF                 the perf binary (default: perf; Debian's linux-perf)
+#   PROFILE_TOOL         perf (default) or callgrind
+#
+# PROFILE_TOOL=callgrind counts instructions instead of sampling time, a
+# figure that holds across machines (and on virtual machines without
+# hardware counters): the host runs under `valgrind --tool=callgrind`
+# with a small instance pool (valgrind cannot reserve the default pool's
+# address space) and two plugin workers; its counters are zeroed right
+# before the load and dumped right after it (`callgrind_control`), and the
+# requests it answered meanwhile are read from its /metrics. It prints the
+# host's instructions per request at PROFILE_CONCURRENCY, and the
+# inclusive instructions per request of the parts of the call path: the
+# call (`natsplug::dispatch::run`), within it decoding the phase request,
+# wasmtime's component call (within it lowering the arguments into the
+# guest and lifting its decision), the header buffer of contract 0.2 and
+# encoding the reply, and the NATS client's reading, parsing and writing.
+# Valgrind runs the host about 50 times slower, so the load's rate is no
+# guide; the counts are.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${PROFILE_SECONDS:-10}
 concurrency=${PROFILE_CONCURRENCY:-64}
 perf=${PERF:-perf}
+tool=${PROFILE_TOOL:-perf}
 nats_server=${NATS_SERVER:-nats-server}
 
-command -v "$perf" >/dev/null ||
-    { echo "profile: \`$perf\` not found (Debian: apt-get install linux-perf; or set PERF)" >&2; exit 1; }
+case "$tool" in
+    perf)
+        command -v "$perf" >/dev/null ||
+            { echo "profile: \`$perf\` not found (Debian: apt-get install linux-perf; or set PERF)" >&2; exit 1; }
+        ;;
+    callgrind)
+        for needed in valgrind callgrind_control callgrind_annotate curl; do
+            command -v "$needed" >/dev/null ||
+                { echo "profile: \`$needed\` not found (Debian: apt-get install valgrind curl)" >&2; exit 1; }
+        done
+        ;;
+    *) echo "profile: PROFILE_TOOL is perf or callgrind, not \`$tool\`" >&2; exit 1 ;;
+esac
 command -v "$nats_server" >/dev/null ||
     { echo "profile: \`$nats_server\` not found (set NATS_SERVER)" >&2; exit 1; }
 
@@ -140,12 +169,22 @@ done
 mkdir -p "$work/plugins" "$work/cache"
 cp "$plugin" "$work/plugins/header-injector.wasm"
 mkfifo "$work/host.out"
-RUST_LOG=warn "$natsplug" up --nats "$url" --prefix bench.host --no-watch \
-    --plugins "$work/plugins" --cache-dir "$work/cache" >"$work/host.out" 2>"$work/host.log" &
+under=()
+extra=()
+ready_seconds=60
+if [ "$tool" = callgrind ]; then
+    printf '[runtime]\npool_instances = 4\nworkers = 2\n' >"$work/host.toml"
+    monitor=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    under=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out")
+    extra=(--config "$work/host.toml" --monitor "$monitor")
+    ready_seconds=300
+fi
+RUST_LOG=warn "${under[@]}" "$natsplug" up --nats "$url" --prefix bench.host --no-watch \
+    --plugins "$work/plugins" --cache-dir "$work/cache" "${extra[@]}" >"$work/host.out" 2>"$work/host.log" &
 pids+=($!)
 host_pid=$!
 exec 3<"$work/host.out"
-if ! read -r -t 60 ready <&3 || [[ "$ready" != "natsplug ready"* ]]; then
+if ! read -r -t "$ready_seconds" ready <&3 || [[ "$ready" != "natsplug ready"* ]]; then
     echo "profile: the host did not become ready; its log:" >&2
     cat "$work/host.log" >&2
     exit 1
@@ -155,6 +194,72 @@ cat <&3 >/dev/null &
 pids+=($!)
 
 subject=bench.host.header-injector.request_filter
+
+if [ "$tool" = callgrind ]; then
+    answered() {
+        curl -s "http://$monitor/metrics" |
+            awk '/^natsplug_requests_total/ { sum += $NF } END { printf "%d\n", sum }'
+    }
+    echo "host pid $host_pid on $url under callgrind; $seconds s at concurrency $concurrency" >&2
+    before=$(answered)
+    callgrind_control -z "$host_pid" >/dev/null
+    "$bench" --drive "$url" "$subject" "$host_pid" --concurrency "$concurrency" --seconds "$seconds" \
+        >"$work/drive.json" 2>"$work/drive.log" || { cat "$work/drive.log" >&2; exit 1; }
+    callgrind_control -d "$host_pid" >/dev/null
+    after=$(answered)
+    dump=$(ls "$work"/callgrind.out.* 2>/dev/null | head -n 1)
+    [ -s "$dump" ] || { echo "profile: callgrind wrote no dump; its log:" >&2; cat "$work/host.log" >&2; exit 1; }
+    callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$work/inclusive.txt" 2>/dev/null
+    python3 - "$work" "$((after - before))" "$concurrency" <<'PYTHON'
+import re, sys
+
+work, requests, concurrency = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+inclusive = {}
+total = None
+for line in open(f"{work}/inclusive.txt"):
+    m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$", line)
+    if not m:
+        continue
+    count, name = int(m.group(1).replace(",", "")), m.group(2)
+    if "PROGRAM TOTALS" in name:
+        total = count
+        continue
+    name = name[len("???:"):] if name.startswith("???:") else name
+    name = re.sub(r"\s*\[[^\]]*\]$", "", name)
+    inclusive[name] = max(inclusive.get(name, 0), count)
+
+def find(pattern):
+    """The largest inclusive count of a function whose name matches."""
+    counts = [c for n, c in inclusive.items() if re.search(pattern, n)]
+    return max(counts) if counts else None
+
+if not requests or total is None:
+    sys.exit(f"profile: nothing to divide by ({requests} requests answered, total {total})")
+print(f"host instructions per request at concurrency {concurrency}: {total / requests:,.0f} "
+      f"({total:,} instructions, {requests} requests answered in the window)")
+print()
+parts = [
+    ("the call: decode, guest call, checks, encode", r"^natsplug::dispatch::run$"),
+    ("  decoding the phase request", r"^natsplug_protocol::decode::decode_request_view$"),
+    ("  wasmtime's component call", r"^wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::call$"),
+    ("    lowering request and context into the guest", r"^<\(A1,A2\) as wasmtime::runtime::component::func::typed::Lower>::linear_lower_to_memory$"),
+    ("    lifting the decision", r"^wasmtime::runtime::component::func::Func::with_lift_context$"),
+    ("  the header buffer (contract 0.2)", r"^natsplug::bindings::v0_2::encode_fields$"),
+    ("  encoding the reply", r"^natsplug_protocol::encode::encode_reply$"),
+    ("the NATS client: reading, parsing, writing", r"^<async_nats::ConnectionHandler::process::\{\{closure\}\}::ProcessFut as core::future::future::Future>::poll$"),
+    ("handing replies to the NATS client", r"^natsplug::reply::publish::\{\{closure\}\}$"),
+]
+print(f"{'part (inclusive)':<52} {'instr/req':>10} {'share':>7}")
+for label, pattern in parts:
+    count = find(pattern)
+    if count is None:
+        print(f"{label:<52} {'-':>10}")
+    else:
+        print(f"{label:<52} {count / requests:>10,.0f} {100 * count / total:>6.1f}%")
+PYTHON
+    exit 0
+fi
+
 echo "host pid $host_pid on $url; $seconds s at concurrency $concurrency under perf record" >&2
 "$perf" record -g -F 2000 -p "$host_pid" -o "$work/perf.data" 2>"$work/perf-record.log" &
 perf_pid=$!
