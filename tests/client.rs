@@ -677,22 +677,117 @@ async fn phases_a_plugin_lacks_are_skipped_without_a_request() {
 }
 
 #[tokio::test]
+async fn a_phase_a_reloaded_plugin_gains_is_called_once_its_host_announces_it() {
+    let server = NatsServer::start();
+    let host = serve(&server, &[("shifty", guests::HEADER_INJECTOR)], |_| {}).await;
+    // No timed refresh within the test: only the announcement can teach.
+    let chain = Chain::builder(server.connect().await)
+        .discovery(DiscoveryConfig {
+            refresh_ms: 3_600_000,
+            ..DiscoveryConfig::default()
+        })
+        .plugin("shifty")
+        .build()
+        .await
+        .unwrap();
+    let directory = chain.directory();
+    assert_eq!(
+        directory.knowledge("shifty", Phase::ResponseFilter),
+        Knowledge::NotImplemented
+    );
+    let response = HttpResponse {
+        status: 200,
+        ..Default::default()
+    };
+    let mut before = chain.exchange(get("/doc", &[]));
+    assert_eq!(
+        chain.request_filter(&mut before).await,
+        Ok(Verdict::Continue)
+    );
+    assert_eq!(
+        chain.response_filter(&mut before, response.clone()).await,
+        Ok(Verdict::Continue)
+    );
+    assert_eq!(before.response.as_ref().unwrap().status, 200);
+
+    // A new version of the plugin that also implements response_filter
+    // (it adds one to the status).
+    let file = install_file(host.plugins_dir(), "shifty", guests::EVERY_PHASE);
+    assert_eq!(
+        host.host.sync_file(&file).await.unwrap(),
+        natsplug::server::SyncOutcome::Reloaded
+    );
+    wait_until("the announced phase", || {
+        directory.knowledge("shifty", Phase::ResponseFilter) == Knowledge::Implemented
+    })
+    .await;
+    assert_eq!(directory.announcements(), 1);
+    assert_eq!(
+        chain.stats().discovery_refreshes,
+        1,
+        "learned without a refresh"
+    );
+
+    let mut after = chain.exchange(get("/doc", &[]));
+    assert_eq!(
+        chain.request_filter(&mut after).await,
+        Ok(Verdict::Continue)
+    );
+    assert_eq!(
+        chain.response_filter(&mut after, response).await,
+        Ok(Verdict::Continue)
+    );
+    assert_eq!(after.response.as_ref().unwrap().status, 201);
+    assert_eq!(
+        stats(&chain.stats(), "shifty", Phase::ResponseFilter),
+        PhaseStats {
+            calls: 1,
+            skipped: 1,
+            ..PhaseStats::default()
+        }
+    );
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn no_responders_on_a_phase_the_hosts_lack_teaches_and_is_not_an_error() {
     let server = NatsServer::start();
-    // Built before any host: nothing is known, every phase is called.
+    // The chain learns every phase of the plugin's first version; the
+    // second has request_filter only.
+    let host = serve(&server, &[("header-injector", guests::EVERY_PHASE)], |_| {}).await;
     let chain = chain(&server, vec![PluginConfig::new("header-injector")]).await;
-    assert_eq!(
+    let knowledge = || {
         chain
             .directory()
-            .knowledge("header-injector", Phase::ResponseFilter),
-        Knowledge::Unknown
+            .knowledge("header-injector", Phase::ResponseFilter)
+    };
+    assert_eq!(knowledge(), Knowledge::Implemented);
+    let file = install_file(
+        host.plugins_dir(),
+        "header-injector",
+        guests::HEADER_INJECTOR,
     );
-    let host = serve(
-        &server,
-        &[("header-injector", guests::HEADER_INJECTOR)],
-        |_| {},
-    )
-    .await;
+    assert_eq!(
+        host.host.sync_file(&file).await.unwrap(),
+        natsplug::server::SyncOutcome::Reloaded
+    );
+    // Once the server has the dropped phase's subscription gone...
+    let probe = server.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe
+        .request("nylon.plugin.header-injector.response_filter", "".into())
+        .await
+        .map_or_else(
+            |error| error.kind() != async_nats::RequestErrorKind::NoResponders,
+            |_| true,
+        )
+    {
+        assert!(Instant::now() < deadline, "response_filter still served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...the chain still takes the phase as implemented: an announcement
+    // speaks for one host, so it teaches phases but unlearns none.
+    assert_eq!(knowledge(), Knowledge::Implemented);
 
     let mut exchange = chain.exchange(get("/", &[]));
     assert_eq!(

@@ -428,7 +428,7 @@ authorization {
       user: host, password: pw
       permissions: {
         subscribe: { allow: ["_INBOX.>", "nylon.plugin.header-injector.>"] }
-        publish: { allow: ["_INBOX.>"] }
+        publish: { allow: ["_INBOX.>", "nylon.plugin.*.served"] }
       }
     }
     { user: client, password: pw }

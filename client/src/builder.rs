@@ -135,10 +135,12 @@ impl ChainBuilder {
             config.discovery.clone(),
         ));
         if directory.enabled() {
+            // Listening first: nothing announced after the first answer
+            // is missed.
+            PhaseDirectory::keep_fresh(&directory).await;
             if let Err(error) = directory.refresh().await {
                 tracing::warn!(%error, "could not ask the hosts which phases they serve");
             }
-            PhaseDirectory::keep_fresh(&directory);
         }
         // Session ids only need to differ between the exchanges of a
         // process; starting from the clock keeps restarts apart too.

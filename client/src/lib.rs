@@ -20,8 +20,10 @@
 //! [`status`](PhaseFailure::status) the client gets (504 timeout, 502 no
 //! responders, 503 overload, 500 plugin failure), `open` goes on without
 //! the plugin. The chain learns from the hosts' `$SRV.INFO` which phases
-//! each plugin implements and skips the others ([`PhaseDirectory`]), and
-//! counts everything per plugin and phase ([`Chain::stats`]).
+//! each plugin implements and skips the others ([`PhaseDirectory`]),
+//! refreshed on a timer, after no responders, and at once when a host
+//! announces a reloaded plugin's phases; and it counts everything per
+//! plugin and phase ([`Chain::stats`]).
 //!
 //! [`PhaseCaller`] is the single-call layer under the chain: one request,
 //! one typed outcome, every failure a [`CallError`].

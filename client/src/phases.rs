@@ -8,6 +8,13 @@
 //! responders. Only a plugin some host lists is known: a phase missing from
 //! a listed plugin is not implemented and is skipped; a plugin no host lists
 //! is unknown and every phase of it is called.
+//!
+//! Between refreshes it listens to the hosts' announcements
+//! (`{prefix}.{plugin}.served`, sent when a host loads, reloads or removes
+//! a plugin): a phase a host announces is implemented from then on, so a
+//! new version's new phase is called at once rather than at the next
+//! refresh. A phase a host stops serving is unlearned the usual way, by
+//! the refresh its first call's no responders prompts.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -44,6 +51,9 @@ pub struct PhaseDirectory {
     /// One refresh at a time; callers arriving meanwhile share its result.
     refreshing: tokio::sync::Mutex<()>,
     refreshes: AtomicU64,
+    announcements: AtomicU64,
+    /// The task listening to the announcements, stopped with the directory.
+    listener: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +61,24 @@ struct Known {
     plugins: HashMap<String, [bool; 4]>,
     hosts: usize,
     refreshed_at: Option<Instant>,
+    /// Announced phases, kept from when they arrived until a refresh that
+    /// started after them: one under way may have been answered before
+    /// them, so they are merged into its answer.
+    announced: Vec<(Instant, String, [bool; 4])>,
+}
+
+/// The body of an announcement, as far as the directory reads it.
+#[derive(Deserialize)]
+struct Announcement {
+    #[serde(default)]
+    phases: Vec<String>,
+}
+
+/// `served` with every phase of `also` added.
+fn merge(served: &mut [bool; 4], also: [bool; 4]) {
+    for (phase, announced) in served.iter_mut().zip(also) {
+        *phase |= announced;
+    }
 }
 
 #[derive(Deserialize)]
@@ -78,6 +106,55 @@ impl PhaseDirectory {
             known: RwLock::new(Known::default()),
             refreshing: tokio::sync::Mutex::new(()),
             refreshes: AtomicU64::new(0),
+            announcements: AtomicU64::new(0),
+            listener: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How many announcements taught the directory a phase.
+    pub fn announcements(&self) -> u64 {
+        self.announcements.load(Ordering::Relaxed)
+    }
+
+    /// Take in an announcement on `subject`: the phases a host now serves
+    /// for its plugin are implemented. Announcements of other prefixes, or
+    /// that cannot be read, are ignored.
+    pub fn learn_announcement(&self, subject: &str, payload: &[u8]) {
+        let Some(plugin) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_suffix(".served"))
+            .filter(|plugin| !plugin.is_empty() && !plugin.contains('.'))
+        else {
+            return;
+        };
+        let announcement = match serde_json::from_slice::<Announcement>(payload) {
+            Ok(announcement) => announcement,
+            Err(error) => {
+                tracing::debug!(%error, subject, "ignored an unreadable announcement");
+                return;
+            }
+        };
+        let mut served = [false; 4];
+        for phase in announcement.phases.iter().filter_map(|p| Phase::parse(p)) {
+            served[phase_index(phase)] = true;
+        }
+        if served == [false; 4] {
+            // One host stopped serving it; others may still.
+            return;
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        let entry = known.plugins.entry(plugin.to_string()).or_default();
+        let before = *entry;
+        merge(entry, served);
+        let taught = *entry != before;
+        known
+            .announced
+            .push((Instant::now(), plugin.to_string(), served));
+        drop(known);
+        if taught {
+            self.announcements.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(plugin, phases = ?announcement.phases, "a host announced new phases");
         }
     }
 
@@ -138,7 +215,12 @@ impl PhaseDirectory {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "refreshed the phases served"
         );
+        let mut plugins = plugins;
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        known.announced.retain(|(at, _, _)| *at >= started);
+        for (_, plugin, served) in &known.announced {
+            merge(plugins.entry(plugin.clone()).or_default(), *served);
+        }
         known.plugins = plugins;
         known.hosts = hosts;
         known.refreshed_at = Some(Instant::now());
@@ -169,10 +251,31 @@ impl PhaseDirectory {
         }
     }
 
-    /// Refresh every `refresh_ms` until `directory` is dropped.
-    pub(crate) fn keep_fresh(directory: &std::sync::Arc<PhaseDirectory>) {
+    /// Refresh every `refresh_ms`, and take in the hosts' announcements,
+    /// until `directory` is dropped.
+    pub(crate) async fn keep_fresh(directory: &std::sync::Arc<PhaseDirectory>) {
         if !directory.config.enabled {
             return;
+        }
+        let subject = format!("{}.*.served", directory.prefix);
+        match directory.client.subscribe(subject.clone()).await {
+            Ok(mut announcements) => {
+                let weak = std::sync::Arc::downgrade(directory);
+                let listener = tokio::spawn(async move {
+                    while let Some(message) = announcements.next().await {
+                        let Some(directory) = weak.upgrade() else {
+                            break;
+                        };
+                        directory.learn_announcement(&message.subject, &message.payload);
+                    }
+                });
+                let _ = directory.listener.set(listener.abort_handle());
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                subject,
+                "could not listen to the hosts' announcements; new phases are learned at each refresh"
+            ),
         }
         let period = Duration::from_millis(directory.config.refresh_ms.max(1));
         let weak = std::sync::Arc::downgrade(directory);
@@ -243,5 +346,13 @@ impl PhaseDirectory {
             return None;
         }
         Some((plugin, Phase::parse(phase)?))
+    }
+}
+
+impl Drop for PhaseDirectory {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
     }
 }

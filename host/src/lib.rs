@@ -20,6 +20,7 @@
 //! the `natsplug-protocol` crate.
 
 pub mod admission;
+pub mod announce;
 pub mod bindings;
 pub mod bucket;
 pub mod cache;

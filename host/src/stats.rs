@@ -122,6 +122,10 @@ pub struct HostStats {
     pub last_recovery_ms: AtomicU64,
     /// Publishes or subscriptions the server refused (permissions violation).
     pub permission_violations: AtomicU64,
+    /// The subscriptions among them: what a plugin's load waits for after
+    /// a refusal, so that a publish refused meanwhile cannot stand in for
+    /// one.
+    pub subscription_refusals: AtomicU64,
     /// Times the bucket's version of a plugin was passed over because the
     /// plugins directory holds the plugin (the directory wins).
     pub bucket_versions_skipped: AtomicU64,

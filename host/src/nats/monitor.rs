@@ -199,13 +199,19 @@ impl ConnectionMonitor {
             ),
             Event::ServerError(ServerError::Other(message)) => {
                 if let Some(violation) = PermissionViolation::parse(&message) {
-                    // Decided before the count moves: whoever reports a
-                    // refusal waits for the count, then stops claiming it,
-                    // and must not find it logged here as well.
+                    // Decided before the counts move: a plugin's load that
+                    // reports a refused subscription waits for the count of
+                    // them, then stops claiming it, and must not find it
+                    // logged here as well.
                     let reported_elsewhere = self.reported_elsewhere(&violation);
                     self.stats
                         .permission_violations
-                        .fetch_add(1, Ordering::Release);
+                        .fetch_add(1, Ordering::Relaxed);
+                    if violation.operation == PermissionOperation::Subscribe {
+                        self.stats
+                            .subscription_refusals
+                            .fetch_add(1, Ordering::Release);
+                    }
                     if !reported_elsewhere {
                         tracing::error!(subject = %violation.subject, "{violation}");
                     }

@@ -68,6 +68,8 @@ pub struct Host {
     sources: Sources,
     /// Watches the connection; confirms subscriptions.
     monitor: Arc<ConnectionMonitor>,
+    /// Tells callers what the host serves when it changes.
+    announcer: Arc<crate::announce::Announcer>,
 }
 
 impl Host {
@@ -139,6 +141,14 @@ impl Host {
             );
         }
         let stats = monitor.stats();
+        let id = nuid::next().to_string();
+        let announcer = Arc::new(crate::announce::Announcer::new(
+            client.clone(),
+            &config.subjects.prefix,
+            &id,
+        ));
+        let refusals = announcer.clone();
+        monitor.on_publish_refused(Arc::new(move |violation| refusals.refused(violation)));
         let publisher = if config.logs.enabled {
             let publisher = LogPublisher::start(client.clone(), &config.logs, stats.clone())
                 .await
@@ -207,12 +217,13 @@ impl Host {
             sink,
             publisher,
             started: std::time::SystemTime::now(),
-            id: nuid::next().to_string(),
+            id,
             background: CancellationToken::new(),
             sync_locks: std::sync::Mutex::new(BTreeMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             failures: Mutex::new(BTreeMap::new()),
             monitor,
+            announcer,
         })
     }
 

@@ -113,6 +113,7 @@ impl Host {
                     "{message}"
                 );
                 self.host_event(&name, LogLevel::Info, message);
+                self.announcer.served(&name, &plugin.phases).await;
                 served
             }
             None => {
@@ -141,6 +142,7 @@ impl Host {
                     "plugin `{name}` loaded"
                 );
                 self.host_event(&name, LogLevel::Info, format!("plugin `{name}` loaded"));
+                self.announcer.served(&name, &plugin.phases).await;
                 served
             }
         };
@@ -160,7 +162,7 @@ impl Host {
         // One view of the server's errors per lane connection, each taken
         // before subscribing.
         let clients = self.lanes.clients();
-        let violations_before = self.stats.permission_violations.load(Ordering::Acquire);
+        let refusals_before = self.stats.subscription_refusals.load(Ordering::Acquire);
         let errors: Vec<_> = clients
             .iter()
             .map(|_| self.monitor.server_errors())
@@ -197,7 +199,7 @@ impl Host {
                 // wait (bounded) until each one's refusal has come in and
                 // been counted, before refusals are logged again.
                 let deadline = tokio::time::Instant::now() + window;
-                while self.stats.permission_violations.load(Ordering::Acquire) - violations_before
+                while self.stats.subscription_refusals.load(Ordering::Acquire) - refusals_before
                     < clients.len() as u64
                     && tokio::time::Instant::now() < deadline
                 {
@@ -259,6 +261,7 @@ impl Host {
                 }
                 tracing::info!(plugin = %name, "plugin `{name}` removed");
                 self.host_event(name, LogLevel::Info, format!("plugin `{name}` removed"));
+                self.announcer.served(name, &[]).await;
                 true
             }
             None => false,
