@@ -2199,7 +2199,7 @@ async fn request_bodies_stream_to_the_upstream_untouched() {
 /// The gateway takes the host's `[nats]` section: the same login works for
 /// both, and a wrong one stops the gateway at start with the reason.
 #[tokio::test]
-async fn the_gateway_logs_in_to_nats_with_the_hosts_nats_section() {
+async fn the_gateway_logs_in_to_nats_with_the_hosts_nats_section_or_its_flags() {
     let server = NatsServer::start_with_config(
         "authorization {\n  users = [ { user: edge, password: \"3dge-secret\" } ]\n}\n",
     );
@@ -2242,6 +2242,37 @@ async fn the_gateway_logs_in_to_nats_with_the_hosts_nats_section() {
     assert_one_error_line(&stderr);
     assert!(
         stderr.contains("refused the login (authorization violation) for user `edge` with the password of nats.password"),
+        "{stderr}"
+    );
+
+    // The same login from the flags `natsplug up` takes.
+    let (nats_url, upstream_url) = (format!("nats://127.0.0.1:{port}"), upstream.url());
+    let login = |password: &'static str| {
+        [
+            "--nats",
+            nats_url.as_str(),
+            "--nats-user",
+            "edge",
+            "--nats-password",
+            password,
+            "--upstream",
+            upstream_url.as_str(),
+            "--plugins",
+            "header-injector",
+        ]
+    };
+    let flagged = GatewayProcess::start(&login("3dge-secret"));
+    let reply = get(flagged.address, "/echo/flags", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(seen(&reply.json(), "x-plugin"), ["header-injector"]);
+    let listen = format!("127.0.0.1:{}", natsplug_suite::nats_server::free_port());
+    let mut refused = login("wrong").to_vec();
+    refused.extend(["--listen", &listen]);
+    let (code, stderr) = run_gateway(&refused);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_error_line(&stderr);
+    assert!(
+        stderr.contains("refused the login (authorization violation) for user `edge`"),
         "{stderr}"
     );
 }

@@ -16,9 +16,9 @@ use async_nats::jetstream::{
 use clap::Args;
 use futures::StreamExt as _;
 
-use crate::connection::NatsArgs;
 use natsplug::bucket::{self, ObjectName};
 use natsplug::config::NatsConfig;
+use natsplug::config::args::NatsArgs;
 use natsplug::nats::{ConnectionMonitor, NatsConnection, PermissionOperation, PermissionViolation};
 
 /// Which bucket, on which NATS, as whom.

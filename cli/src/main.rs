@@ -4,7 +4,6 @@
 
 mod bucket;
 mod commands;
-mod connection;
 mod local;
 mod remote;
 mod reply;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use natsplug::config::args::NatsArgs;
 use natsplug_client::{FailureMode, PolicyOverrides};
 
 use crate::config::{GatewayConfig, RouteConfig};
@@ -66,6 +67,10 @@ pub struct GatewayArgs {
     /// Proxy threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// NATS credentials, TLS and reconnects: the flags and environment
+    /// variables of `natsplug up`.
+    #[command(flatten)]
+    pub nats: Box<NatsArgs>,
 }
 
 fn parse_failure_mode(text: &str) -> Result<FailureMode, String> {
@@ -85,6 +90,7 @@ impl GatewayArgs {
             Some(path) => GatewayConfig::from_file(path)?,
             None => GatewayConfig::default(),
         };
+        self.nats.apply(&mut config.nats);
         if !self.nats_urls.is_empty() {
             config.nats.urls = self.nats_urls.clone();
         }

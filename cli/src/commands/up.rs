@@ -63,7 +63,7 @@ pub struct UpArgs {
     #[arg(long, env = "NATSPLUG_MONITOR")]
     monitor: Option<String>,
     #[command(flatten)]
-    nats: Box<crate::connection::NatsArgs>,
+    nats: Box<natsplug::config::args::NatsArgs>,
 }
 
 impl UpArgs {

@@ -4,6 +4,8 @@
 //! Every field has a default, so an empty file (or none) is a valid config.
 //! The defaults are documented on each field and in the README.
 
+#[cfg(feature = "args")]
+pub mod args;
 mod load;
 mod logs;
 mod nats;

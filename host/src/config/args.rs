@@ -1,16 +1,18 @@
-//! NATS connection flags shared by the subcommands that connect with the
-//! host's credentials and TLS settings (`up`, and the bucket commands).
+//! NATS connection flags, for the commands that connect as the host's
+//! `[nats]` section says (`natsplug up`, the bucket commands and the
+//! gateway): the same flags and environment variables everywhere. Built
+//! with the crate's `args` feature, which brings in `clap`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use natsplug::config::Secret;
+use super::{NatsConfig, Secret};
 
 /// NATS credentials, TLS and reconnect flags. Any credential flag replaces
 /// the credentials of the config file. Prefer the environment variables
 /// (or a file) for secrets: command lines are visible to other users.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "NATS connection")]
 pub struct NatsArgs {
     /// User name for user/password authentication.
@@ -58,7 +60,8 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
-    pub fn apply(&self, nats: &mut natsplug::config::NatsConfig) {
+    /// Apply the flags given to `nats`, the config file's section.
+    pub fn apply(&self, nats: &mut NatsConfig) {
         let credentials_given = self.nats_user.is_some()
             || self.nats_password.is_some()
             || self.nats_token.is_some()
