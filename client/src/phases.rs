@@ -74,6 +74,9 @@ struct Announcement {
     phases: Vec<String>,
 }
 
+/// The longest an announcement is kept for a refresh under way.
+const ANNOUNCEMENTS_KEPT: Duration = Duration::from_secs(60);
+
 /// `served` with every phase of `also` added.
 fn merge(served: &mut [bool; 4], also: [bool; 4]) {
     for (phase, announced) in served.iter_mut().zip(also) {
@@ -148,6 +151,11 @@ impl PhaseDirectory {
         let before = *entry;
         merge(entry, served);
         let taught = *entry != before;
+        // Kept for the refreshes under way, a minute at most whatever
+        // becomes of them.
+        known
+            .announced
+            .retain(|(at, _, _)| at.elapsed() < ANNOUNCEMENTS_KEPT);
         known
             .announced
             .push((Instant::now(), plugin.to_string(), served));
