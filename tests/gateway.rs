@@ -499,6 +499,19 @@ async fn every_phase_rewrites_the_upstream_request_and_the_clients_status_and_fi
     let (length, after) = after.split_once(',').unwrap();
     assert!(length.parse::<u64>().is_ok(), "content-length `{length}`");
     assert_eq!(after, format!(" date={date}, via=1.1 natsplug"));
+    // response_body_filter: the head it gets is the one the client got,
+    // without the upstream's `content-length` (the body goes chunked).
+    let body = reply.text();
+    let (head, _) = body
+        .split_once("; state=")
+        .unwrap_or_else(|| panic!("the body filter's output: {body}"));
+    assert!(
+        head.starts_with(
+            "head=201 7 fields: content-type=application/json, x-upstream=upstream, date="
+        ),
+        "{head}"
+    );
+    assert_eq!(reply.header("content-length"), None, "{:?}", reply.headers);
     let request_seen = reply.header_values("x-request-seen");
     assert_eq!(request_seen.len(), 1, "{:?}", reply.headers);
     let expected_start = format!(

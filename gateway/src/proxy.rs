@@ -424,6 +424,12 @@ impl ProxyHttp for Gateway {
             if chunked && upstream_response.headers.get("transfer-encoding").is_none() {
                 let _ = upstream_response.insert_header("transfer-encoding", "chunked");
             }
+            // The body filters get the head the client gets.
+            if let Some(response) = ctx.exchange.as_mut().and_then(|e| e.response.as_mut()) {
+                response
+                    .headers
+                    .retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
+            }
             ctx.body = BodyPlan::Filter;
         }
         Ok(())
