@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_nats::StatusCode;
 use futures::StreamExt;
-use natsplug_protocol::Phase;
+use natsplug_protocol::{Announcement, Phase};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -65,13 +65,6 @@ struct Known {
     /// started after them: one under way may have been answered before
     /// them, so they are merged into its answer.
     announced: Vec<(Instant, String, [bool; 4])>,
-}
-
-/// The body of an announcement, as far as the directory reads it.
-#[derive(Deserialize)]
-struct Announcement {
-    #[serde(default)]
-    phases: Vec<String>,
 }
 
 /// The longest an announcement is kept for a refresh under way.
@@ -123,15 +116,10 @@ impl PhaseDirectory {
     /// for its plugin are implemented. Announcements of other prefixes, or
     /// that cannot be read, are ignored.
     pub fn learn_announcement(&self, subject: &str, payload: &[u8]) {
-        let Some(plugin) = subject
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|rest| rest.strip_suffix(".served"))
-            .filter(|plugin| !plugin.is_empty() && !plugin.contains('.'))
-        else {
+        let Some(plugin) = natsplug_protocol::announced_plugin(&self.prefix, subject) else {
             return;
         };
-        let announcement = match serde_json::from_slice::<Announcement>(payload) {
+        let announcement = match Announcement::from_json(payload) {
             Ok(announcement) => announcement,
             Err(error) => {
                 tracing::debug!(%error, subject, "ignored an unreadable announcement");
@@ -265,7 +253,7 @@ impl PhaseDirectory {
         if !directory.config.enabled {
             return;
         }
-        let subject = format!("{}.*.served", directory.prefix);
+        let subject = natsplug_protocol::announcement_subject(&directory.prefix, "*");
         match directory.client.subscribe(subject.clone()).await {
             Ok(mut announcements) => {
                 let weak = std::sync::Arc::downgrade(directory);

@@ -8,12 +8,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use natsplug_protocol::Phase;
+use natsplug_protocol::{
+    Announcement, Phase, SERVED_TOKEN, announced_plugin, announcement_subject,
+};
 
 use crate::nats::{PermissionOperation, PermissionViolation};
-
-/// The last token of an announcement's subject.
-pub const SERVED_TOKEN: &str = "served";
 
 /// Publishes a host's announcements.
 pub struct Announcer {
@@ -35,23 +34,21 @@ impl Announcer {
         }
     }
 
-    /// The subject plugin `plugin`'s announcements go to.
-    pub fn subject(&self, plugin: &str) -> String {
-        format!("{}.{plugin}.{SERVED_TOKEN}", self.prefix)
-    }
-
     /// Announce that this host now serves `plugin` with `phases` (none:
     /// it stopped serving it).
     pub async fn served(&self, plugin: &str, phases: &[Phase]) {
-        let payload = serde_json::json!({
-            "plugin": plugin,
-            "phases": phases.iter().map(|phase| phase.as_str()).collect::<Vec<_>>(),
-            "host": self.host_id,
-        });
-        let subject = self.subject(plugin);
+        let announcement = Announcement {
+            plugin: plugin.to_string(),
+            phases: phases
+                .iter()
+                .map(|phase| phase.as_str().to_string())
+                .collect(),
+            host: self.host_id.clone(),
+        };
+        let subject = announcement_subject(&self.prefix, plugin);
         if let Err(error) = self
             .client
-            .publish(subject.clone(), payload.to_string().into())
+            .publish(subject.clone(), announcement.to_json().into())
             .await
         {
             tracing::debug!(%error, subject, "could not announce what this host serves");
@@ -73,39 +70,5 @@ impl Announcer {
             );
         }
         ours
-    }
-}
-
-/// The plugin `subject` announces under `prefix`, when it is an
-/// announcement's subject.
-pub fn announced_plugin<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
-    subject
-        .strip_prefix(prefix)?
-        .strip_prefix('.')?
-        .strip_suffix(SERVED_TOKEN)?
-        .strip_suffix('.')
-        .filter(|plugin| !plugin.is_empty() && !plugin.contains('.'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn announcement_subjects_name_one_plugin_under_the_prefix() {
-        let prefix = "nylon.plugin";
-        assert_eq!(
-            announced_plugin(prefix, "nylon.plugin.authz.served"),
-            Some("authz")
-        );
-        for other in [
-            "nylon.plugin.authz.request_filter",
-            "nylon.plugin.served",
-            "nylon.plugin.a.b.served",
-            "other.authz.served",
-            "nylon.pluginx.authz.served",
-        ] {
-            assert_eq!(announced_plugin(prefix, other), None, "{other}");
-        }
     }
 }

@@ -11,9 +11,12 @@
 //!   [`encode_request`] and [`decode_request_view`] write and read them.
 //! - [`PhaseReply`] is the answer; [`encode_reply`] and [`decode_reply`].
 //! - [`RequestError`] is why a request was refused, with its error code.
+//! - [`Announcement`] is what a host serves of a plugin, on
+//!   [`announcement_subject`] (JSON, not MessagePack).
 //!
 //! The crate has no I/O and no async runtime: a proxy can depend on it alone.
 
+mod announcement;
 mod decode;
 mod encode;
 mod error;
@@ -26,6 +29,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use announcement::{Announcement, SERVED_TOKEN, announced_plugin, announcement_subject};
 pub use decode::{MAX_NESTING, decode_reply, decode_request, decode_request_view, peek_request_id};
 pub use encode::{encode_reply, encode_request};
 pub use error::RequestError;
