@@ -3,6 +3,8 @@
 //! each get the right answer in bounded time while a well-behaved plugin on
 //! the same host keeps serving.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use natsplug::HostConfig;
@@ -417,6 +419,51 @@ async fn at_its_limit_a_plugin_queues_for_a_bounded_time_under_the_wait_policy()
         reply.error.as_deref(),
         Some("plugin `misbehave` is at its concurrency limit; try again later")
     );
+    host.host.shutdown().await.unwrap();
+}
+
+// One worker runs every call. A plugin with a backlog of slow calls and a
+// neighbour with one call take turns on it: the neighbour waits for the
+// slow call that is running, not for the backlog behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugins_backlog_delays_a_neighbour_by_one_call_at_most() {
+    const SLOW_CALLS: usize = 6;
+    let server = NatsServer::start();
+    let (host, client) = start(&server, |config| {
+        config.runtime.workers = 1;
+        config.runtime.inline_call_max_us = 0;
+        config.runtime.call_timeout_ms = 5000;
+    })
+    .await;
+    let slow_answered = Arc::new(AtomicUsize::new(0));
+    let slow: Vec<_> = (0..SLOW_CALLS)
+        .map(|_| {
+            let client = client.clone();
+            let slow_answered = slow_answered.clone();
+            tokio::spawn(async move {
+                let raw = call(&client, "/sleep").await;
+                slow_answered.fetch_add(1, Ordering::SeqCst);
+                raw
+            })
+        })
+        .collect();
+    until_in_flight(&host, SLOW_CALLS).await;
+    let before = slow_answered.load(Ordering::SeqCst);
+    // Each slow call is busy for 100 ms: a backlog is still waiting.
+    assert!(
+        before + 2 <= SLOW_CALLS,
+        "{before} of {SLOW_CALLS} slow calls were answered before the neighbour was sent"
+    );
+    assert_eq!(neighbour_requests(client.clone(), 1).await, 1);
+    let during = slow_answered.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= 1,
+        "{during} slow calls were answered while the neighbour waited; at most 1 may be"
+    );
+    for handle in slow {
+        assert_eq!(handle.await.unwrap().reply().action, Action::Next);
+    }
+    assert_eq!(slow_answered.load(Ordering::SeqCst), SLOW_CALLS);
     host.host.shutdown().await.unwrap();
 }
 
