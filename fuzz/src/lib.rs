@@ -16,9 +16,10 @@
 //! - what decodes re-encodes, and the encoding decodes to the same request
 //!   and re-encodes to the same bytes.
 //!
-//! A reply payload must, when `decode_reply` takes it, re-encode (with the
-//! size-hinted writer, to the bytes plain `rmp_serde` writes) and decode to
-//! the same reply.
+//! A reply payload is decoded exactly as serde alone decodes it (the
+//! one-pass reader changes nothing there either) and must, when
+//! `decode_reply` takes it, re-encode (with the size-hinted writer, to the
+//! bytes plain `rmp_serde` writes) and decode to the same reply.
 //!
 //! The `roundtrip` target goes the other way: it makes a request and a
 //! reply of any content from its input, encodes them and checks that they
@@ -38,6 +39,13 @@ fn serde_view(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(payload);
     deserializer.set_max_depth(MAX_NESTING);
     PhaseRequestView::deserialize(&mut deserializer).ok()
+}
+
+/// `payload` as serde alone reads a reply, with the decoder's nesting limit.
+fn serde_reply(payload: &[u8]) -> Option<PhaseReply> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(payload);
+    deserializer.set_max_depth(MAX_NESTING);
+    PhaseReply::deserialize(&mut deserializer).ok()
 }
 
 /// Whether `payload` starts with a MessagePack map marker.
@@ -122,13 +130,20 @@ pub fn check_request(payload: &[u8]) {
 
 /// Decodes a reply payload and, when it decodes, checks its round trip.
 pub fn check_reply(payload: &[u8]) {
+    let by_serde = serde_reply(payload);
     let reply = match protocol::decode_reply(payload) {
         Ok(reply) => reply,
         Err(error) => {
             assert!(!error.to_string().is_empty());
+            assert_eq!(by_serde, None, "a reply serde reads was refused");
             return;
         }
     };
+    assert_eq!(
+        Some(&reply),
+        by_serde.as_ref(),
+        "the one-pass reader read a reply otherwise than serde"
+    );
     let encoded = protocol::encode_reply(&reply);
     assert_eq!(
         encoded,

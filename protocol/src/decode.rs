@@ -115,9 +115,13 @@ fn unsupported_version(version: u16) -> RequestError {
     ))
 }
 
-/// Decode a reply (for callers and tests).
+/// Decode a reply (for callers and tests): the common shape in one pass,
+/// the rest, errors included, by serde.
 pub fn decode_reply(payload: &[u8]) -> Result<PhaseReply, rmp_serde::decode::Error> {
-    from_message(payload)
+    match fast::decode_reply(payload) {
+        Some(reply) => Ok(reply),
+        None => from_message(payload),
+    }
 }
 
 /// How deeply arrays and maps may nest in a message. A request is four

@@ -1,6 +1,6 @@
-//! A one-pass reader for phase requests in the shape every MessagePack
-//! library writes them: maps with string keys, `str` strings, `bin` bytes,
-//! unsigned integers and `nil` for an absent value.
+//! A one-pass reader for phase requests and replies in the shape every
+//! MessagePack library writes them: maps with string keys, `str` strings,
+//! `bin` bytes, unsigned integers and `nil` for an absent value.
 //!
 //! It walks the message once, borrowing strings and bytes from it, without
 //! serde's visitor machinery (which costs about as much again as the rest
@@ -9,11 +9,13 @@
 //! the lenient forms (integers for bytes, signed integers, ...) and words
 //! the errors. So this reader decides how fast a request is read, never
 //! whether it is accepted or what it means: the tests hold it to giving
-//! exactly serde's result whenever it answers. [`struct_written_as_array`]
+//! exactly serde's result whenever it answers. Replies are read the same
+//! way, for callers. [`struct_written_as_array`]
 //! is the one form serde reads that the decoder refuses before serde sees it.
 
 use std::borrow::Cow;
 
+use crate::reply::{Action, HeaderMutations, PhaseReply};
 use crate::view::{BodyChunkView, HttpRequestView, HttpResponseView, PhaseRequestView};
 
 /// Read `payload` as a phase request, or `None` to leave it to serde.
@@ -21,6 +23,13 @@ pub(crate) fn decode(payload: &[u8]) -> Option<PhaseRequestView<'_>> {
     let mut reader = Reader { rest: payload };
     let request = reader.phase_request()?;
     reader.rest.is_empty().then_some(request)
+}
+
+/// Read `payload` as a phase reply, or `None` to leave it to serde.
+pub(crate) fn decode_reply(payload: &[u8]) -> Option<PhaseReply> {
+    let mut reader = Reader { rest: payload };
+    let reply = reader.phase_reply()?;
+    reader.rest.is_empty().then_some(reply)
 }
 
 /// Whether `payload` holds an array where the protocol has a map of named
@@ -203,6 +212,108 @@ impl<'a> Reader<'a> {
             end_of_stream: end_of_stream?,
             state,
         })
+    }
+
+    fn phase_reply(&mut self) -> Option<PhaseReply> {
+        const VERSION: u16 = 1;
+        const REQUEST_ID: u16 = 2;
+        const ACTION: u16 = 4;
+        const REQUEST_HEADERS: u16 = 8;
+        const RESPONSE_HEADERS: u16 = 16;
+        const STATUS: u16 = 32;
+        const BODY: u16 = 64;
+        const ERROR: u16 = 128;
+        const PATH: u16 = 256;
+        const STATE: u16 = 512;
+        let (mut version, mut request_id, mut action) = (None, None, None);
+        let (mut request_headers, mut response_headers) = (None, None);
+        let (mut status, mut body, mut error, mut path, mut state) = (None, None, None, None, None);
+        let mut seen = 0;
+        let owned_text = |r: &mut Self| r.str().map(str::to_string);
+        let owned_bytes = |r: &mut Self| r.bin().map(<[u8]>::to_vec);
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"version" => version = Some(self.once(&mut seen, VERSION, Self::u16)?),
+                b"request_id" => request_id = Some(self.once(&mut seen, REQUEST_ID, owned_text)?),
+                b"action" => action = Some(self.once(&mut seen, ACTION, Self::action)?),
+                b"request_headers" => {
+                    request_headers = self.once(&mut seen, REQUEST_HEADERS, |r| {
+                        r.optional(Self::header_mutations)
+                    })?
+                }
+                b"response_headers" => {
+                    response_headers = self.once(&mut seen, RESPONSE_HEADERS, |r| {
+                        r.optional(Self::header_mutations)
+                    })?
+                }
+                b"status" => status = self.once(&mut seen, STATUS, |r| r.optional(Self::u16))?,
+                b"body" => body = self.once(&mut seen, BODY, |r| r.optional(owned_bytes))?,
+                b"error" => error = self.once(&mut seen, ERROR, |r| r.optional(owned_text))?,
+                b"path" => path = self.once(&mut seen, PATH, |r| r.optional(owned_text))?,
+                b"state" => state = self.once(&mut seen, STATE, |r| r.optional(owned_bytes))?,
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(PhaseReply {
+            version: version?,
+            request_id: request_id?,
+            action: action?,
+            request_headers,
+            response_headers,
+            status,
+            body,
+            error,
+            path,
+            state,
+        })
+    }
+
+    /// `next`, `end` or `error`, as a `str`.
+    fn action(&mut self) -> Option<Action> {
+        match self.str()? {
+            "next" => Some(Action::Next),
+            "end" => Some(Action::End),
+            "error" => Some(Action::Error),
+            _ => None,
+        }
+    }
+
+    /// Header changes: a map of `set` (`[name, value]` arrays) and `remove`
+    /// (names), either absent.
+    fn header_mutations(&mut self) -> Option<HeaderMutations> {
+        const SET: u16 = 1;
+        const REMOVE: u16 = 2;
+        let mut mutations = HeaderMutations::default();
+        let mut seen = 0;
+        for _ in 0..self.map_len()? {
+            match self.key()? {
+                b"set" => {
+                    mutations.set = self.once(&mut seen, SET, |r| {
+                        let count = r.array_len()?;
+                        let mut set = Vec::with_capacity(count.min(r.rest.len() / 3));
+                        for _ in 0..count {
+                            if r.array_len()? != 2 {
+                                return None;
+                            }
+                            set.push((r.str()?.to_string(), r.str()?.to_string()));
+                        }
+                        Some(set)
+                    })?
+                }
+                b"remove" => {
+                    mutations.remove = self.once(&mut seen, REMOVE, |r| {
+                        let count = r.array_len()?;
+                        let mut names = Vec::with_capacity(count.min(r.rest.len()));
+                        for _ in 0..count {
+                            names.push(r.str()?.to_string());
+                        }
+                        Some(names)
+                    })?
+                }
+                other => self.skip_field(other)?,
+            }
+        }
+        Some(mutations)
     }
 
     /// Reads a field's value with `read`, after marking the field (one bit

@@ -293,3 +293,141 @@ fn leaves_lenient_forms_and_errors_to_serde() {
     trailing.push(0xc0);
     assert_eq!(fast::decode(&trailing), None);
 }
+
+fn mutations() -> impl Strategy<Value = HeaderMutations> {
+    (headers(), proptest::collection::vec(text(), 0..6))
+        .prop_map(|(set, remove)| HeaderMutations { set, remove })
+}
+
+/// Any phase reply, every optional field set or not.
+fn reply() -> impl Strategy<Value = PhaseReply> {
+    (
+        any::<u16>(),
+        text(),
+        prop::sample::select(vec![Action::Next, Action::End, Action::Error]),
+        of(mutations()),
+        of(mutations()),
+        of(any::<u16>()),
+        of(bytes()),
+        (of(text()), of(text()), of(bytes())),
+    )
+        .prop_map(
+            |(
+                version,
+                request_id,
+                action,
+                request_headers,
+                response_headers,
+                status,
+                body,
+                (error, path, state),
+            )| PhaseReply {
+                version,
+                request_id,
+                action,
+                request_headers,
+                response_headers,
+                status,
+                body,
+                error,
+                path,
+                state,
+            },
+        )
+}
+
+/// A reply with a field no version of the protocol defines.
+#[derive(Serialize)]
+struct ReplyWithUnknownField {
+    #[serde(flatten)]
+    reply: PhaseReply,
+    from_the_future: FutureField,
+}
+
+/// Holds the reply reader to serde's answer for `bytes`.
+fn reply_agrees_with_serde(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Some(reply) = fast::decode_reply(bytes) {
+        prop_assert_eq!(Some(reply), from_message::<PhaseReply>(bytes).ok());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn reads_every_reply_a_host_writes(reply in reply()) {
+        let bytes = encode_reply(&reply);
+        prop_assert_eq!(fast::decode_reply(&bytes), Some(reply.clone()));
+        // As rmp-serde writes it too.
+        let named = rmp_serde::to_vec_named(&reply).unwrap();
+        prop_assert_eq!(fast::decode_reply(&named), Some(reply));
+    }
+
+    #[test]
+    fn skips_unknown_reply_fields_of_any_shape(
+        reply in reply(),
+        number in any::<i64>(),
+        float in any::<f64>(),
+        flag in of(any::<bool>()),
+        raw in bytes(),
+        nested in proptest::collection::vec((text(), bytes()), 0..4),
+        headers in headers(),
+    ) {
+        let bytes = rmp_serde::to_vec_named(&ReplyWithUnknownField {
+            reply: reply.clone(),
+            from_the_future: FutureField { number, float, flag, bytes: raw, nested, headers },
+        }).unwrap();
+        prop_assert_eq!(fast::decode_reply(&bytes), Some(reply));
+    }
+
+    #[test]
+    fn answers_as_serde_does_on_damaged_replies(
+        reply in reply(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = encode_reply(&reply);
+        for (index, value) in flips {
+            let at = index.index(bytes.len());
+            bytes[at] = value;
+        }
+        reply_agrees_with_serde(&bytes)?;
+        bytes.truncate(cut.index(bytes.len() + 1));
+        reply_agrees_with_serde(&bytes)?;
+    }
+
+    #[test]
+    fn answers_as_serde_does_on_arbitrary_reply_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        reply_agrees_with_serde(&bytes)?;
+    }
+}
+
+#[test]
+fn leaves_lenient_reply_forms_to_serde() {
+    let reply = PhaseReply {
+        status: Some(200),
+        body: Some(b"ok".to_vec()),
+        ..PhaseReply::next("r-1")
+    };
+    // A body written as a `str`, which serde reads as its bytes.
+    let plain = encode_reply(&reply);
+    let at = plain.windows(4).position(|w| w == b"\xc4\x02ok").unwrap();
+    let as_text = [&plain[..at], b"\xa2ok", &plain[at + 4..]].concat();
+    assert_eq!(fast::decode_reply(&as_text), None);
+    assert_eq!(decode_reply(&as_text).unwrap(), reply);
+    // A field given twice: serde's error.
+    let mut twice = encode_reply(&reply);
+    twice[0] += 1;
+    twice.extend(rmp_serde::to_vec("status").unwrap());
+    twice.push(7);
+    assert_eq!(fast::decode_reply(&twice), None);
+    assert!(
+        decode_reply(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate field"),
+    );
+}
