@@ -125,6 +125,9 @@ impl ChainBuilder {
             }
             plugins.push(ChainPlugin {
                 name: plugin.name.clone(),
+                subjects: Phase::ALL.map(|phase| {
+                    async_nats::Subject::from(format!("{}.{}.{phase}", config.prefix, plugin.name))
+                }),
                 policies,
                 counters: PluginCounters::default(),
             });

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, RequestErrorKind};
+use async_nats::{HeaderMap, RequestErrorKind, Subject};
 use bytes::Bytes;
 use natsplug_protocol::{
     self as protocol, Action, Phase, PhaseReply, PhaseRequest, SERVICE_ERROR_CODE_HEADER,
@@ -155,36 +155,53 @@ impl PhaseCaller {
         timeout: Duration,
         traceparent: Option<&str>,
     ) -> Result<PhaseReply, CallError> {
-        let subject = format!("{}.{plugin}.{}", self.prefix, request.phase);
-        let payload = Bytes::from(protocol::encode_request(request));
-        // One timer bounds the call, ours below: a second one inside the
-        // NATS client would cost another timer registration (and a wake-up
-        // of the runtime's driver) per call for the same deadline.
-        let mut nats_request = async_nats::Request::new().payload(payload).timeout(None);
-        if let Some(traceparent) = traceparent {
-            let mut headers = HeaderMap::new();
-            headers.insert("traceparent", traceparent);
-            nats_request = nats_request.headers(headers);
-        }
-        // Bounds the publication, should the connection be stuck, and the
-        // wait for the reply.
-        let sent = tokio::time::timeout(
-            timeout,
-            connection.send_request(subject.clone(), nats_request),
-        )
-        .await;
-        let message = match sent {
-            Err(_) => return Err(CallError::Timeout { subject, timeout }),
-            Ok(Err(error)) => return Err(request_error(subject, timeout, &error)),
-            Ok(Ok(message)) => message,
-        };
-        read_reply(
-            subject,
-            &request.request_id,
-            message.headers.as_ref(),
-            &message.payload,
-        )
+        let subject = Subject::from(format!("{}.{plugin}.{}", self.prefix, request.phase));
+        call_subject(connection, &subject, request, timeout, traceparent).await
     }
+}
+
+/// [`PhaseCaller::call_on`] to a subject made beforehand: a chain makes
+/// each of its plugins' phase subjects once, not once per call.
+pub(crate) async fn call_subject(
+    connection: &async_nats::Client,
+    subject: &Subject,
+    request: &PhaseRequest,
+    timeout: Duration,
+    traceparent: Option<&str>,
+) -> Result<PhaseReply, CallError> {
+    let payload = Bytes::from(protocol::encode_request(request));
+    // One timer bounds the call, ours below: a second one inside the
+    // NATS client would cost another timer registration (and a wake-up
+    // of the runtime's driver) per call for the same deadline.
+    let mut nats_request = async_nats::Request::new().payload(payload).timeout(None);
+    if let Some(traceparent) = traceparent {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", traceparent);
+        nats_request = nats_request.headers(headers);
+    }
+    // Bounds the publication, should the connection be stuck, and the
+    // wait for the reply.
+    let sent = tokio::time::timeout(
+        timeout,
+        connection.send_request(subject.clone(), nats_request),
+    )
+    .await;
+    let message = match sent {
+        Err(_) => {
+            return Err(CallError::Timeout {
+                subject: subject.to_string(),
+                timeout,
+            });
+        }
+        Ok(Err(error)) => return Err(request_error(subject.to_string(), timeout, &error)),
+        Ok(Ok(message)) => message,
+    };
+    read_reply(
+        subject,
+        &request.request_id,
+        message.headers.as_ref(),
+        &message.payload,
+    )
 }
 
 fn request_error(
@@ -209,7 +226,7 @@ fn request_error(
 /// Read a reply message: an error reply of the host by its headers, else
 /// the phase reply in the payload.
 pub(crate) fn read_reply(
-    subject: String,
+    subject: &str,
     request_id: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
@@ -222,7 +239,7 @@ pub(crate) fn read_reply(
     if let Some(code) = header(SERVICE_ERROR_CODE_HEADER) {
         let Ok(code) = code.trim().parse::<u16>() else {
             return Err(CallError::Undecodable {
-                subject,
+                subject: subject.to_string(),
                 reason: format!("`{SERVICE_ERROR_CODE_HEADER}: {code}` is not a number"),
             });
         };
@@ -234,18 +251,18 @@ pub(crate) fn read_reply(
             .or_else(|| header(SERVICE_ERROR_HEADER))
             .unwrap_or_default();
         return Err(CallError::Host {
-            subject,
+            subject: subject.to_string(),
             code,
             message,
         });
     }
     let reply = protocol::decode_reply(payload).map_err(|error| CallError::Undecodable {
-        subject: subject.clone(),
+        subject: subject.to_string(),
         reason: error.to_string(),
     })?;
     if !reply.request_id.is_empty() && reply.request_id != request_id {
         return Err(CallError::Undecodable {
-            subject,
+            subject: subject.to_string(),
             reason: format!(
                 "the reply is for request `{}`, not `{request_id}`",
                 reply.request_id
@@ -254,11 +271,11 @@ pub(crate) fn read_reply(
     }
     match reply.action {
         Action::Error => Err(CallError::Plugin {
-            subject,
+            subject: subject.to_string(),
             message: reply.error.unwrap_or_default(),
         }),
         Action::End if reply.status.is_none() => Err(CallError::Undecodable {
-            subject,
+            subject: subject.to_string(),
             reason: "action `end` without a status".into(),
         }),
         Action::Next | Action::End => Ok(reply),
@@ -285,7 +302,7 @@ mod tests {
             "r-1",
             "plugin `p` exceeded its 5 ms deadline",
         ));
-        let error = read_reply(subject(), "r-1", Some(&headers), &body).unwrap_err();
+        let error = read_reply(&subject(), "r-1", Some(&headers), &body).unwrap_err();
         assert_eq!(
             error,
             CallError::Host {
@@ -301,7 +318,7 @@ mod tests {
     #[test]
     fn a_plugin_error_has_no_headers() {
         let body = protocol::encode_reply(&PhaseReply::error("r-1", "no"));
-        let error = read_reply(subject(), "r-1", None, &body).unwrap_err();
+        let error = read_reply(&subject(), "r-1", None, &body).unwrap_err();
         assert_eq!(
             error,
             CallError::Plugin {
@@ -318,17 +335,17 @@ mod tests {
             ("r-1", b"junk".to_vec()),
             ("r-1", protocol::encode_reply(&PhaseReply::next("r-2"))),
         ] {
-            let error = read_reply(subject(), request_id, None, &payload).unwrap_err();
+            let error = read_reply(&subject(), request_id, None, &payload).unwrap_err();
             assert!(matches!(error, CallError::Undecodable { .. }), "{error:?}");
             assert_eq!(error.status(), 502);
         }
         let mut end = PhaseReply::next("r-1");
         end.action = Action::End;
-        let error = read_reply(subject(), "r-1", None, &protocol::encode_reply(&end)).unwrap_err();
+        let error = read_reply(&subject(), "r-1", None, &protocol::encode_reply(&end)).unwrap_err();
         assert!(matches!(error, CallError::Undecodable { .. }), "{error:?}");
         // An unreadable request id (`""`) is accepted.
         let reply = read_reply(
-            subject(),
+            &subject(),
             "r-1",
             None,
             &protocol::encode_reply(&PhaseReply::next("")),

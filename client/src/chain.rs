@@ -34,10 +34,13 @@ pub(crate) struct Inner {
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
-/// One plugin of the chain: its name, resolved policies and counters.
+/// One plugin of the chain: its name, phase subjects, resolved policies
+/// and counters.
 #[derive(Debug)]
 pub(crate) struct ChainPlugin {
     pub(crate) name: String,
+    /// `{prefix}.{name}.{phase}`, by [`phase_index`], made once.
+    pub(crate) subjects: [async_nats::Subject; 4],
     pub(crate) policies: [PhasePolicy; 4],
     pub(crate) counters: PluginCounters,
 }
@@ -290,6 +293,7 @@ impl Inner {
             caller: &self.caller,
             directory: &self.directory,
             plugin: &plugin.name,
+            subject: &plugin.subjects[phase_index(phase)],
             phase,
             policy,
             counters,

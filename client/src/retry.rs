@@ -5,7 +5,7 @@
 use natsplug_protocol::{Phase, PhaseReply, PhaseRequest};
 use tokio::time::Instant;
 
-use crate::call::{CallError, PhaseCaller};
+use crate::call::{CallError, PhaseCaller, call_subject};
 use crate::phases::{Knowledge, PhaseDirectory};
 use crate::policy::PhasePolicy;
 use crate::stats::PhaseCounters;
@@ -27,6 +27,8 @@ pub(crate) struct Call<'a> {
     pub caller: &'a PhaseCaller,
     pub directory: &'a PhaseDirectory,
     pub plugin: &'a str,
+    /// The plugin's subject for `phase`.
+    pub subject: &'a async_nats::Subject,
     pub phase: Phase,
     pub policy: PhasePolicy,
     pub counters: &'a PhaseCounters,
@@ -62,10 +64,14 @@ impl Call<'_> {
             let left = attempts - made;
             let share = deadline.saturating_duration_since(Instant::now()) / left;
             let connection = self.connection.unwrap_or(self.caller.client());
-            let error = match self
-                .caller
-                .call_on(connection, self.plugin, request, share, self.traceparent)
-                .await
+            let error = match call_subject(
+                connection,
+                self.subject,
+                request,
+                share,
+                self.traceparent,
+            )
+            .await
             {
                 Ok(reply) => return Attempted::Reply(reply),
                 Err(error) => error,

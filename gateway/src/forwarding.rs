@@ -3,7 +3,6 @@
 //! `X-Forwarded-For`/`-Host`/`-Proto`) are added, and every exchange
 //! carries a W3C `traceparent`, the client's or a new one.
 
-use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
@@ -84,8 +83,7 @@ pub struct Client<'a> {
 pub fn add_forwarding(head: &mut impl Head, client: &Client<'_>) {
     let mut text = String::with_capacity(64);
     if let Some(ip) = client.ip {
-        let mut address = String::with_capacity(39);
-        let _ = write!(address, "{ip}");
+        let address = ip_text(ip);
         head.add_to_list(&names::X_FORWARDED_FOR, &address);
         let (open, close) = match ip {
             IpAddr::V4(_) => ("for=", ";"),
@@ -111,6 +109,28 @@ pub fn add_forwarding(head: &mut impl Head, client: &Client<'_>) {
         head.add(&names::X_FORWARDED_PROTO, "http");
     }
     add_via(head, client.version);
+}
+
+/// `ip` as text, as `Display` writes it; an IPv4 address (the common
+/// case, written for every exchange) without the formatter.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// Append this gateway to the `Via` field of `head`, for a message
@@ -213,6 +233,16 @@ mod tests {
     use http::HeaderValue;
     use natsplug_protocol::HeaderList;
     use pingora::http::{RequestHeader, ResponseHeader};
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for octet in 0..=255u8 {
+            let v4 = IpAddr::from([octet, 255 - octet, octet / 3, 10]);
+            assert_eq!(ip_text(v4), v4.to_string());
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ip_text(v6), "2001:db8::1");
+    }
 
     #[test]
     fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped() {

@@ -250,7 +250,7 @@ impl ProxyHttp for Gateway {
             path: path.to_string(),
             query: request.uri.query().map(str::to_string),
             host: client.host.map(str::to_string),
-            client_ip: client.ip.map(|ip| ip.to_string()),
+            client_ip: client.ip.map(forwarding::ip_text),
             headers: shown,
             body: None,
         });
@@ -358,15 +358,28 @@ impl ProxyHttp for Gateway {
         let (Some(chain), Some(exchange)) = (&route.chain, ctx.exchange.as_mut()) else {
             return Ok(());
         };
-        let before = header_list(&upstream_response.headers);
+        // The response is copied for the plugins only when one may run
+        // on it: in this phase, on the body, or at logging.
+        let filtering = chain_may_run(&route, Phase::ResponseFilter);
+        if !filtering
+            && !chain_may_run(&route, Phase::ResponseBodyFilter)
+            && !chain_may_run(&route, Phase::Logging)
+        {
+            return Ok(());
+        }
+        let mut before = header_list(&upstream_response.headers);
         let response = HttpResponse {
             status: upstream_response.status.as_u16(),
-            headers: before.clone(),
+            headers: if filtering {
+                before.clone()
+            } else {
+                std::mem::take(&mut before)
+            },
             body: None,
         };
         match chain.response_filter(exchange, response).await {
             Ok(Verdict::Continue) => {
-                if let Some(changed) = &exchange.response {
+                if filtering && let Some(changed) = &exchange.response {
                     let refused = apply_difference(upstream_response, &before, &changed.headers);
                     if !refused.is_empty() {
                         tracing::warn!(
