@@ -44,6 +44,17 @@
 //! refused (the table's header says which). Where perf is missing or the
 //! CPU has no counters for it (many virtual machines), a line says why and
 //! the columns show `-`; the rest of the benchmark runs as before.
+//!
+//! There, when valgrind is installed, the run ends with a callgrind pass:
+//! each responder is started again alone under `valgrind --tool=callgrind`
+//! and driven at concurrency 64 for `--callgrind-seconds S` (default 4),
+//! its counters zeroed after the warm-up and dumped at the end of the
+//! window (`callgrind_control`), and one line gives each one's instructions
+//! per request (user space) and the host's ratios to the echo's and the
+//! native filter's; the JSON has them under `callgrind_concurrency_64`.
+//! Valgrind runs the responders about 50 times slower, so that pass
+//! measures counts only. `--callgrind` runs it where perf counts too,
+//! `--no-callgrind` never.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -95,6 +106,17 @@ fn main() {
         count_event: option(&args, "--count-event")
             .unwrap_or("instructions")
             .to_string(),
+        callgrind: if args.iter().any(|a| a == "--no-callgrind") {
+            CallgrindChoice::Never
+        } else if args.iter().any(|a| a == "--callgrind") {
+            CallgrindChoice::Always
+        } else {
+            CallgrindChoice::Auto
+        },
+        callgrind_duration: Duration::from_secs_f64(
+            option(&args, "--callgrind-seconds")
+                .map_or(4.0, |s| s.parse().expect("--callgrind-seconds S")),
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -117,6 +139,19 @@ struct Settings {
     /// The perf event counted per request (`instructions` unless
     /// `--count-event` says otherwise).
     count_event: String,
+    /// Whether to count instructions by callgrind too.
+    callgrind: CallgrindChoice,
+    /// How long each responder is driven under callgrind.
+    callgrind_duration: Duration,
+}
+
+/// When the callgrind pass runs (`--callgrind`, `--no-callgrind`).
+#[derive(Debug, Clone, Copy)]
+enum CallgrindChoice {
+    /// Where perf counts no instructions.
+    Auto,
+    Always,
+    Never,
 }
 
 fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -568,6 +603,71 @@ async fn run(settings: &Settings) {
     );
     println!("host resident memory: idle {idle_mib:.1} MiB, peak under load {peak_mib:.1} MiB");
 
+    // Instructions by callgrind where perf counts none: the responders
+    // measured above make way for the same ones under valgrind.
+    drop(responders);
+    drop(host);
+    let run_callgrind = match settings.callgrind {
+        CallgrindChoice::Never => Err("not asked for (--no-callgrind)".to_string()),
+        CallgrindChoice::Auto if matches!(counting, Counting::On { .. }) => {
+            Err("perf counts instructions here (--callgrind to count them both ways)".to_string())
+        }
+        _ => callgrind_available(),
+    };
+    let callgrind = match run_callgrind {
+        Ok(()) => {
+            callgrind_pass(
+                &client,
+                &url,
+                (plugins.path(), cache.path()),
+                payload.clone(),
+                settings.callgrind_duration,
+            )
+            .await
+        }
+        Err(reason) => {
+            println!("instructions by callgrind: skipped: {reason}");
+            Vec::new()
+        }
+    };
+    let counted = |responder: &str| {
+        callgrind
+            .iter()
+            .find(|(r, _)| *r == responder)
+            .and_then(|(_, result)| result.as_ref().ok())
+            .and_then(|m| m.instructions_per_request)
+    };
+    if !callgrind.is_empty() {
+        print!(
+            "instructions per request at concurrency 64, by callgrind (each responder alone \
+             under valgrind, {} s, user space):",
+            settings.callgrind_duration.as_secs_f64()
+        );
+        for (responder, result) in &callgrind {
+            match result
+                .as_ref()
+                .ok()
+                .and_then(|m| m.instructions_per_request)
+            {
+                Some(count) => print!(" {responder} {count:.0}"),
+                None => print!(
+                    " {responder} - ({})",
+                    result.as_ref().err().map_or("not counted", String::as_str)
+                ),
+            }
+        }
+        if let (Some(host), Some(echo), Some(native)) =
+            (counted("natsplug"), counted("echo"), counted("native"))
+        {
+            print!(
+                "; natsplug {:.2} × echo, {:.2} × native",
+                host / echo,
+                host / native
+            );
+        }
+        println!();
+    }
+
     let report = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "seconds_per_run": duration.as_secs_f64(),
@@ -579,6 +679,7 @@ async fn run(settings: &Settings) {
                 "event": event,
                 "scope": if *user_only { "user" } else { "user+kernel" },
             }),
+            Counting::Callgrind { .. } => serde_json::json!({ "event": "callgrind" }),
             Counting::Off(reason) => serde_json::json!({ "not_counted": reason }),
         },
         "results": summary,
@@ -593,6 +694,17 @@ async fn run(settings: &Settings) {
             .collect::<Vec<_>>(),
         "startup_ms": { "cold": cold_start.as_secs_f64() * 1000.0, "warm_cache": warm_start.as_secs_f64() * 1000.0 },
         "resident_mib": { "idle": idle_mib, "peak_under_load": peak_mib },
+        "callgrind_concurrency_64": callgrind
+            .iter()
+            .map(|(responder, result)| match result {
+                Ok(m) => serde_json::json!({
+                    "responder": responder,
+                    "instructions_per_request": m.instructions_per_request,
+                    "requests": m.requests,
+                }),
+                Err(reason) => serde_json::json!({ "responder": responder, "not_counted": reason }),
+            })
+            .collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
@@ -601,8 +713,6 @@ async fn run(settings: &Settings) {
     let file = dir.join("end_to_end.json");
     std::fs::write(&file, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("written to {}", file.display());
-    drop(responders);
-    drop(host);
 }
 
 /// One of the second round's targets, as this run measured it.
@@ -703,6 +813,12 @@ enum Counting {
         /// `true` when the kernel's share is not counted.
         user_only: bool,
     },
+    /// The responder runs under `valgrind --tool=callgrind`, writing its
+    /// dumps into `dumps`: its counters are zeroed at the start of the
+    /// window and dumped at its end (`callgrind_control`).
+    Callgrind {
+        dumps: std::path::PathBuf,
+    },
     Off(String),
 }
 
@@ -740,6 +856,7 @@ impl Counting {
                 };
                 format!("{name}/req {}", if *user_only { "u" } else { "u+k" })
             }
+            Counting::Callgrind { .. } => "instr/req u".into(),
             Counting::Off(_) => "instr/req".into(),
         }
     }
@@ -755,6 +872,10 @@ impl Counting {
                     "user space and kernel"
                 }
             ),
+            Counting::Callgrind { .. } => {
+                "instructions: counted by callgrind over each measured window, user space only"
+                    .into()
+            }
             Counting::Off(reason) => format!("instructions: not counted: {reason}"),
         }
     }
@@ -763,7 +884,11 @@ impl Counting {
     /// is off.
     fn attach(&self, pid: u32) -> Option<Result<Window, String>> {
         match self {
-            Counting::On { event, .. } => Some(Window::attach(event, pid)),
+            Counting::On { event, .. } => Some(PerfWindow::attach(event, pid).map(Window::Perf)),
+            Counting::Callgrind { dumps } => Some(Ok(Window::Callgrind(CallgrindWindow {
+                pid,
+                dumps: dumps.clone(),
+            }))),
             Counting::Off(_) => None,
         }
     }
@@ -849,9 +974,33 @@ fn perf_count(output: &str, event: &str) -> Result<f64, String> {
     total.ok_or_else(|| format!("no count of `{event}` in perf's output"))
 }
 
+/// A counter over one measured window of one responder process.
+enum Window {
+    Perf(PerfWindow),
+    Callgrind(CallgrindWindow),
+}
+
+impl Window {
+    /// Start counting.
+    fn start(&mut self) -> Result<(), String> {
+        match self {
+            Window::Perf(window) => window.start(),
+            Window::Callgrind(window) => window.start(),
+        }
+    }
+
+    /// Stop counting and return the count.
+    fn stop(self) -> Result<f64, String> {
+        match self {
+            Window::Perf(window) => window.stop(),
+            Window::Callgrind(window) => window.stop(),
+        }
+    }
+}
+
 /// A `perf stat` attached to one process, counting only between
-/// [`Window::start`] and [`Window::stop`].
-struct Window {
+/// [`PerfWindow::start`] and [`PerfWindow::stop`].
+struct PerfWindow {
     perf: Child,
     /// Commands to perf (`enable`, `disable`).
     control: std::fs::File,
@@ -861,9 +1010,9 @@ struct Window {
     dir: tempfile::TempDir,
 }
 
-impl Window {
+impl PerfWindow {
     /// Start `perf stat -e event -p pid` with its counters disabled.
-    fn attach(event: &str, pid: u32) -> Result<Window, String> {
+    fn attach(event: &str, pid: u32) -> Result<PerfWindow, String> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let (control, acks) = (dir.path().join("control"), dir.path().join("acks"));
@@ -909,7 +1058,7 @@ impl Window {
                 .open(path)
                 .map_err(|e| format!("opening {}: {e}", path.display()))
         };
-        Ok(Window {
+        Ok(PerfWindow {
             perf,
             control: open(&control)?,
             acks: open(&acks)?,
@@ -975,9 +1124,164 @@ impl Window {
     }
 }
 
-impl Drop for Window {
+impl Drop for PerfWindow {
     fn drop(&mut self) {
         let _ = self.perf.kill();
         let _ = self.perf.wait();
     }
+}
+
+/// A responder process running under callgrind, counting from
+/// [`CallgrindWindow::start`] to [`CallgrindWindow::stop`].
+struct CallgrindWindow {
+    pid: u32,
+    /// Where the process writes its dumps (`--callgrind-out-file`'s
+    /// directory).
+    dumps: std::path::PathBuf,
+}
+
+impl CallgrindWindow {
+    /// Zero the process's counters.
+    fn start(&mut self) -> Result<(), String> {
+        callgrind_control("-z", self.pid)
+    }
+
+    /// Dump the counters and return the instructions counted since
+    /// [`CallgrindWindow::start`]: the `summary:` of the newest dump.
+    fn stop(self) -> Result<f64, String> {
+        let before = dump_files(&self.dumps);
+        callgrind_control("-d", self.pid)?;
+        let dump = dump_files(&self.dumps)
+            .into_iter()
+            .find(|file| !before.contains(file))
+            .ok_or("callgrind_control -d wrote no dump")?;
+        let text = std::fs::read_to_string(&dump)
+            .map_err(|e| format!("reading {}: {e}", dump.display()))?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("summary:"))
+            .and_then(|count| count.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("no `summary:` line in {}", dump.display()))
+    }
+}
+
+/// The dump files in `dir`.
+fn dump_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Run `callgrind_control OPTION PID`, which returns once the process did it.
+fn callgrind_control(option: &str, pid: u32) -> Result<(), String> {
+    let output = Command::new("callgrind_control")
+        .args([option, &pid.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running callgrind_control: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "callgrind_control {option} {pid}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Whether valgrind's callgrind can be run here; `Err` says why not.
+fn callgrind_available() -> Result<(), String> {
+    for tool in ["valgrind", "callgrind_control"] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            return Err(format!(
+                "`{tool}` is not installed (Debian: `apt-get install valgrind`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Instructions per request at concurrency 64, by callgrind: each
+/// responder started again alone under `valgrind --tool=callgrind` (the
+/// host with a small instance pool and two workers, as valgrind cannot
+/// reserve the default pool's address space), warmed up, then driven for
+/// `duration` with its counters zeroed at the start and dumped at the end.
+/// Valgrind runs them about 50 times slower, so only the counts mean
+/// anything. Returns each responder's measurement, or why there is none.
+async fn callgrind_pass(
+    client: &async_nats::Client,
+    url: &str,
+    (plugins, cache): (&std::path::Path, &std::path::Path),
+    payload: bytes::Bytes,
+    duration: Duration,
+) -> Vec<(&'static str, Result<Measurement, String>)> {
+    let me = std::env::current_exe().unwrap();
+    let mut results = Vec::new();
+    for (responder, subject) in [
+        ("echo", ECHO_SUBJECT),
+        ("native", NATIVE_SUBJECT),
+        ("natsplug", HOST_SUBJECT),
+    ] {
+        let dumps = tempfile::tempdir().unwrap();
+        let mut command = Command::new("valgrind");
+        command.arg("--tool=callgrind").arg(format!(
+            "--callgrind-out-file={}",
+            dumps.path().join("callgrind.out").display()
+        ));
+        if responder == "natsplug" {
+            let config = dumps.path().join("host.toml");
+            std::fs::write(&config, "[runtime]\npool_instances = 4\nworkers = 2\n").unwrap();
+            command
+                .arg(natsplug_binary())
+                .args([
+                    "up",
+                    "--nats",
+                    url,
+                    "--prefix",
+                    "bench.host",
+                    "--no-watch",
+                    "--plugins",
+                ])
+                .arg(plugins)
+                .arg("--cache-dir")
+                .arg(cache)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn");
+        } else {
+            command.arg(&me).args(["--responder", responder, url]);
+        }
+        let (process, line, _) = Process::start(command);
+        if !line.contains("ready") {
+            results.push((
+                responder,
+                Err(format!("did not start under valgrind: {line}")),
+            ));
+            continue;
+        }
+        let counting = Counting::Callgrind {
+            dumps: dumps.path().to_path_buf(),
+        };
+        let measured = measure(
+            client,
+            (responder, subject, process.0.id()),
+            payload.clone(),
+            (64, duration),
+            &counting,
+        )
+        .await;
+        drop(process);
+        let result = match measured.instructions_per_request {
+            Some(_) => Ok(measured),
+            None => Err("callgrind counted nothing".to_string()),
+        };
+        results.push((responder, result));
+    }
+    results
 }
