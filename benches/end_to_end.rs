@@ -309,6 +309,24 @@ fn start_host(
     if let Some(threads) = settings.host_threads {
         command.env("TOKIO_WORKER_THREADS", threads.to_string());
     }
+    host_arguments(&mut command, url, plugins, cache);
+    if let Some(workers) = settings.host_workers {
+        command.args(["--workers", &workers.to_string()]);
+    }
+    let (process, line, elapsed) = Process::start(command);
+    assert!(line.starts_with("natsplug ready"), "{line}");
+    (process, elapsed)
+}
+
+/// `natsplug up` on `url` serving `plugins` under the benchmark's prefix,
+/// its compiled components cached in `cache`: the arguments and the
+/// environment, added to `command`.
+fn host_arguments(
+    command: &mut Command,
+    url: &str,
+    plugins: &std::path::Path,
+    cache: &std::path::Path,
+) {
     command
         .args([
             "up",
@@ -323,12 +341,6 @@ fn start_host(
         .arg("--cache-dir")
         .arg(cache)
         .env("RUST_LOG", "warn");
-    if let Some(workers) = settings.host_workers {
-        command.args(["--workers", &workers.to_string()]);
-    }
-    let (process, line, elapsed) = Process::start(command);
-    assert!(line.starts_with("natsplug ready"), "{line}");
-    (process, elapsed)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1237,23 +1249,9 @@ async fn callgrind_pass(
         if responder == "natsplug" {
             let config = dumps.path().join("host.toml");
             std::fs::write(&config, "[runtime]\npool_instances = 4\nworkers = 2\n").unwrap();
-            command
-                .arg(natsplug_binary())
-                .args([
-                    "up",
-                    "--nats",
-                    url,
-                    "--prefix",
-                    "bench.host",
-                    "--no-watch",
-                    "--plugins",
-                ])
-                .arg(plugins)
-                .arg("--cache-dir")
-                .arg(cache)
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "warn");
+            command.arg(natsplug_binary());
+            host_arguments(&mut command, url, plugins, cache);
+            command.arg("--config").arg(&config);
         } else {
             command.arg(&me).args(["--responder", responder, url]);
         }
