@@ -2120,6 +2120,24 @@ fn startup_errors_are_one_error_line_and_exit_1() {
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_error_line(&stderr);
 
+    // A mistake in a chain is named before NATS is reached.
+    let (code, stderr) = run_gateway(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--upstream",
+        &upstream,
+        "--plugins",
+        "authz,a.b",
+        "--listen",
+        &listen,
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_error_line(&stderr);
+    assert!(
+        stderr.contains("route `default`: its chain: `a.b` is not a plugin name"),
+        "{stderr}"
+    );
+
     // A route without an upstream.
     let server = NatsServer::start();
     let mut config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

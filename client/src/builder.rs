@@ -36,6 +36,38 @@ pub enum BuildError {
     NoLoggingSlots,
 }
 
+impl ChainConfig {
+    /// Check the settings a chain is built from, without connecting: the
+    /// prefix, the plugin names (each once), the timeouts and the logging
+    /// slots. [`ChainBuilder::build`] checks them first too.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if !valid_prefix(&self.prefix) {
+            return Err(BuildError::InvalidPrefix(self.prefix.clone()));
+        }
+        if self.max_logging_in_flight == 0 {
+            return Err(BuildError::NoLoggingSlots);
+        }
+        let mut seen = HashSet::new();
+        for plugin in &self.plugins {
+            if !valid_token(&plugin.name) {
+                return Err(BuildError::InvalidPluginName(plugin.name.clone()));
+            }
+            if !seen.insert(plugin.name.as_str()) {
+                return Err(BuildError::DuplicatePlugin(plugin.name.clone()));
+            }
+            for phase in Phase::ALL {
+                if plugin.policy(phase, self.defaults).timeout == Duration::ZERO {
+                    return Err(BuildError::ZeroTimeout {
+                        plugin: plugin.name.clone(),
+                        phase,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds a [`Chain`]: the subject prefix, default policies, discovery and
 /// the plugins in order. Every setting has a default; a chain needs only
 /// its plugins.
@@ -99,30 +131,10 @@ impl ChainBuilder {
     /// background work (refreshes, `logging` calls) then uses.
     pub async fn build(self) -> Result<Chain, BuildError> {
         let config = self.config;
-        if !valid_prefix(&config.prefix) {
-            return Err(BuildError::InvalidPrefix(config.prefix));
-        }
-        if config.max_logging_in_flight == 0 {
-            return Err(BuildError::NoLoggingSlots);
-        }
-        let mut seen = HashSet::new();
+        config.validate()?;
         let mut plugins = Vec::with_capacity(config.plugins.len());
         for plugin in &config.plugins {
-            if !valid_token(&plugin.name) {
-                return Err(BuildError::InvalidPluginName(plugin.name.clone()));
-            }
-            if !seen.insert(plugin.name.as_str()) {
-                return Err(BuildError::DuplicatePlugin(plugin.name.clone()));
-            }
             let policies = Phase::ALL.map(|phase| plugin.policy(phase, config.defaults));
-            for (phase, policy) in Phase::ALL.into_iter().zip(&policies) {
-                if policy.timeout == Duration::ZERO {
-                    return Err(BuildError::ZeroTimeout {
-                        plugin: plugin.name.clone(),
-                        phase,
-                    });
-                }
-            }
             plugins.push(ChainPlugin {
                 name: plugin.name.clone(),
                 subjects: Phase::ALL.map(|phase| {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use natsplug::config::NatsConfig;
-use natsplug_client::{DiscoveryConfig, PluginConfig, PolicyOverrides};
+use natsplug_client::{ChainConfig, DiscoveryConfig, PluginConfig, PolicyOverrides};
 use serde::{Deserialize, Serialize};
 
 use crate::upstream::Upstream;
@@ -191,6 +191,17 @@ impl GatewayConfig {
         })
     }
 
+    /// The settings of `route`'s chain, when it has plugins.
+    pub fn chain_config(&self, route: &RouteConfig) -> Option<ChainConfig> {
+        (!route.plugins.is_empty()).then(|| ChainConfig {
+            prefix: self.chain.prefix.clone(),
+            defaults: self.chain.defaults,
+            discovery: self.chain.discovery.clone(),
+            max_logging_in_flight: self.chain.max_logging_in_flight,
+            plugins: route.plugins.iter().map(|p| p.to_plugin_config()).collect(),
+        })
+    }
+
     /// Check the whole configuration, naming the key at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         parse_address("listen", &self.listen)?;
@@ -232,6 +243,11 @@ impl GatewayConfig {
                 bail!("{at} serves the same host and path prefix as another route; remove one");
             }
             Upstream::parse(&route.upstream).with_context(|| format!("{at}: upstream"))?;
+            if let Some(chain) = self.chain_config(route) {
+                chain
+                    .validate()
+                    .with_context(|| format!("{at}: its chain"))?;
+            }
             if route.connect_timeout_ms == 0 || route.read_timeout_ms == 0 {
                 bail!("{at}: connect_timeout_ms and read_timeout_ms must be at least 1");
             }
@@ -302,6 +318,19 @@ mod tests {
         assert!(
             error("listen = \"8080\"\n[[routes]]\nupstream = \"http://a:1\"")
                 .contains("listen `8080`")
+        );
+        // A chain's own mistakes, found before NATS is reached.
+        assert_eq!(
+            error("[[routes]]\nupstream = \"http://a:1\"\nplugins = [\"authz\", \"a.b\"]"),
+            "route `*/`: its chain: `a.b` is not a plugin name (letters, digits, `-`, `_`)"
+        );
+        assert!(
+            error("[[routes]]\nupstream = \"http://a:1\"\nplugins = [\"authz\", \"authz\"]")
+                .ends_with("plugin `authz` is in the chain twice")
+        );
+        assert!(
+            error("[chain]\nprefix = \"a..b\"\n[[routes]]\nupstream = \"http://a:1\"\nplugins = [\"authz\"]")
+                .ends_with("`a..b` is not a subject prefix (dot-separated tokens of letters, digits, `-`, `_`)")
         );
         let unknown =
             toml::from_str::<GatewayConfig>("[[routes]]\nupstream = \"http://a:1\"\nplugin = []");

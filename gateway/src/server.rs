@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
-use natsplug_client::{ChainBuilder, ChainConfig};
+use natsplug_client::ChainBuilder;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{HttpProxy, ProxyServiceBuilder};
 use pingora::server::configuration::ServerConf;
@@ -283,22 +283,14 @@ async fn connect_and_build(
     let mut routes = Vec::with_capacity(config.routes.len());
     for (route, upstream) in config.routes.iter().zip(upstreams) {
         let name = route.label();
-        let chain = if route.plugins.is_empty() {
-            None
-        } else {
-            let chain_config = ChainConfig {
-                prefix: config.chain.prefix.clone(),
-                defaults: config.chain.defaults,
-                discovery: config.chain.discovery.clone(),
-                max_logging_in_flight: config.chain.max_logging_in_flight,
-                plugins: route.plugins.iter().map(|p| p.to_plugin_config()).collect(),
-            };
-            Some(
+        let chain = match config.chain_config(route) {
+            None => None,
+            Some(chain_config) => Some(
                 ChainBuilder::from_config(client.clone(), chain_config)
                     .build()
                     .await
                     .with_context(|| format!("route `{name}`: building its chain"))?,
-            )
+            ),
         };
         if let Some(chain) = &chain {
             for plugin in chain.plugins() {
