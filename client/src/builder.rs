@@ -132,14 +132,14 @@ impl ChainBuilder {
     pub async fn build(self) -> Result<Chain, BuildError> {
         let config = self.config;
         config.validate()?;
+        let caller = PhaseCaller::new(self.client.clone(), config.prefix.clone());
         let mut plugins = Vec::with_capacity(config.plugins.len());
         for plugin in &config.plugins {
             let policies = Phase::ALL.map(|phase| plugin.policy(phase, config.defaults));
             plugins.push(ChainPlugin {
                 name: plugin.name.clone(),
-                subjects: Phase::ALL.map(|phase| {
-                    async_nats::Subject::from(format!("{}.{}.{phase}", config.prefix, plugin.name))
-                }),
+                subjects: Phase::ALL
+                    .map(|phase| async_nats::Subject::from(caller.subject(&plugin.name, phase))),
                 policies,
                 counters: PluginCounters::default(),
             });
@@ -163,7 +163,7 @@ impl ChainBuilder {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         Ok(Chain::from_inner(Inner {
-            caller: PhaseCaller::new(self.client, config.prefix),
+            caller,
             directory,
             plugins,
             logging_permits: Arc::new(Semaphore::new(

@@ -367,20 +367,18 @@ impl ProxyHttp for Gateway {
         {
             return Ok(());
         }
-        let mut before = header_list(&upstream_response.headers);
+        let headers = header_list(&upstream_response.headers);
+        // What the plugins changed is found against this copy.
+        let before = filtering.then(|| headers.clone());
         let response = HttpResponse {
             status: upstream_response.status.as_u16(),
-            headers: if filtering {
-                before.clone()
-            } else {
-                std::mem::take(&mut before)
-            },
+            headers,
             body: None,
         };
         match chain.response_filter(exchange, response).await {
             Ok(Verdict::Continue) => {
-                if filtering && let Some(changed) = &exchange.response {
-                    let refused = apply_difference(upstream_response, &before, &changed.headers);
+                if let (Some(before), Some(changed)) = (&before, &exchange.response) {
+                    let refused = apply_difference(upstream_response, before, &changed.headers);
                     if !refused.is_empty() {
                         tracing::warn!(
                             route = %route.name,
