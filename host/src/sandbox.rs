@@ -43,10 +43,35 @@ pub struct PluginIdentity {
 
 /// The ids of the call in progress, attached to the records it logs.
 #[derive(Debug, Default, Clone)]
-pub struct CallContext {
+struct CallContext {
     pub request_id: String,
     pub session_id: Option<u64>,
     pub trace_id: Option<String>,
+}
+
+/// The ids of a call about to start, borrowed from its request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallIds<'a> {
+    pub request_id: &'a str,
+    pub session_id: Option<u64>,
+    pub trace_id: Option<&'a str>,
+}
+
+impl CallContext {
+    /// Hold `ids`, copied into the buffers of the ids held before: a warm
+    /// instance allocates nothing for them call after call.
+    fn hold(&mut self, ids: CallIds<'_>) {
+        self.request_id.clear();
+        self.request_id.push_str(ids.request_id);
+        self.session_id = ids.session_id;
+        match (ids.trace_id, &mut self.trace_id) {
+            (Some(id), Some(held)) => {
+                held.clear();
+                held.push_str(id);
+            }
+            (id, held) => *held = id.map(str::to_string),
+        }
+    }
 }
 
 /// The `T` of every plugin `Store<T>`.
@@ -86,9 +111,9 @@ impl InstanceState {
         &mut self.limits
     }
 
-    /// Start a call: the records it logs carry `call`'s ids.
-    pub fn begin_call(&mut self, call: CallContext) {
-        self.call = call;
+    /// Start a call: the records it logs carry `ids`.
+    pub fn begin_call(&mut self, ids: CallIds<'_>) {
+        self.call.hold(ids);
     }
 
     /// Take the records logged since the last call to this.

@@ -76,10 +76,10 @@ pub fn decision(reply: &PhaseReply, phase: Phase) -> Result<(), String> {
     let mutations = [&reply.request_headers, &reply.response_headers];
     for mutation in mutations.into_iter().flatten() {
         for (name, value) in &mutation.set {
-            if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+            if !is_header_name(name.as_bytes()) {
                 return Err(format!("`{name}` is not a valid header name"));
             }
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            if has_cr_lf_or_nul(value.as_bytes()) {
                 return Err(format!(
                     "the value of header `{name}` contains CR, LF or NUL"
                 ));
@@ -89,8 +89,33 @@ pub fn decision(reply: &PhaseReply, phase: Phase) -> Result<(), String> {
     Ok(())
 }
 
-fn is_header_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Whether `name` is an HTTP field name: one or more token characters
+/// (RFC 9110 §5.1), looked up in a table.
+fn is_header_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| TOKEN[usize::from(b)])
+}
+
+/// The bytes a token may hold: letters, digits and ``!#$%&'*+-.^_`|~``.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let symbols = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < symbols.len() {
+        table[symbols[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// Whether `value` holds a byte no field value may: CR, LF or NUL.
+fn has_cr_lf_or_nul(value: &[u8]) -> bool {
+    memchr::memchr3(b'\r', b'\n', 0, value).is_some()
 }
 
 #[cfg(test)]
@@ -124,5 +149,29 @@ mod tests {
                 .contains("CR, LF")
         );
         assert!(decision(&PhaseReply::next("r"), Phase::Logging).is_ok());
+    }
+
+    #[test]
+    fn header_names_are_tokens_and_values_hold_no_cr_lf_or_nul() {
+        for b in 0..=255u8 {
+            let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_header_name(&[b'x', b]), token, "byte {b:#04x}");
+            let forbidden = matches!(b, b'\r' | b'\n' | 0);
+            assert_eq!(
+                has_cr_lf_or_nul(&[b'a', b, b'z']),
+                forbidden,
+                "byte {b:#04x}"
+            );
+        }
+        assert!(!is_header_name(b""));
+        assert!(is_header_name(b"x-request-id"));
+        assert!(!has_cr_lf_or_nul(b""));
+        assert!(has_cr_lf_or_nul(
+            &[b'a'; 100]
+                .iter()
+                .chain(b"\n")
+                .copied()
+                .collect::<Vec<u8>>()
+        ));
     }
 }

@@ -13,6 +13,7 @@ use crate::bindings::v0_1::natsplug::plugin::types as wit;
 use crate::bindings::v0_2::natsplug::plugin::types as wit2;
 use crate::bindings::{v0_1, v0_2};
 use crate::plugin::{Exports, ExportsV0_2, PluginInstance, Scratch};
+use crate::sandbox::CallIds;
 
 /// The guest call alone, for a request already decoded: lower the request
 /// into `instance`, run `phase` under `timeout`, lift the decision. [`super::run`]
@@ -33,10 +34,12 @@ pub fn call(
         duration_ms,
         ..
     } = request;
-    instance.begin_call(
-        super::call_context(request_id, session_id, trace_id.as_deref()),
-        timeout,
-    );
+    let ids = CallIds {
+        request_id,
+        session_id,
+        trace_id: trace_id.as_deref(),
+    };
+    instance.begin_call(ids, timeout);
     let (exports, store, scratch) = instance.parts();
     let exchange = Exchange {
         request: &http_request,

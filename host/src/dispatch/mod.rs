@@ -15,7 +15,6 @@ use crate::config::{InstanceMode, RuntimeConfig};
 use crate::decode;
 use crate::plugin::{LoadedPlugin, PluginInstance};
 use crate::reply::Outcome;
-use crate::sandbox::CallContext;
 
 pub use guest::call;
 
@@ -165,13 +164,4 @@ enum Unsuccessful {
     Invalid(String),
     /// The guest failed: trapped, ran out of time, or could not be called.
     Failed(wasmtime::Error),
-}
-
-/// The ids a call's log records carry.
-fn call_context(request_id: &str, session_id: Option<u64>, trace_id: Option<&str>) -> CallContext {
-    CallContext {
-        request_id: request_id.to_string(),
-        session_id,
-        trace_id: trace_id.map(str::to_string),
-    }
 }

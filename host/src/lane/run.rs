@@ -250,11 +250,11 @@ impl Lane {
     async fn receive(&mut self, message: Message, served: Arc<Served>) {
         let received = Instant::now();
         let stats = &self.shared.stats;
-        let Some(reply_to) = message.reply.clone() else {
+        if message.reply.is_none() {
             stats.no_reply_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(subject = %message.subject, "dropped a message without a reply subject");
             return;
-        };
+        }
         let refused =
             match decode::refuse_oversized(&message.payload, self.shared.max_request_bytes) {
                 Some(outcome) => outcome,
@@ -265,11 +265,16 @@ impl Lane {
                     }
                     Some(Err(refusal)) => overloaded(&served, &message, refusal, stats),
                     None => {
-                        self.wait_for_a_slot(message, served, reply_to, received);
+                        self.wait_for_a_slot(message, served, received);
                         return;
                     }
                 },
             };
+        // Present (checked above); a queued message keeps its own, as a
+        // clone of the subject would copy it.
+        let Some(reply_to) = message.reply else {
+            return;
+        };
         refuse(
             &self.client,
             stats,
@@ -283,13 +288,7 @@ impl Lane {
 
     /// Leave `message` waiting for a slot (the `wait` overload policy); once
     /// admitted it goes to the workers, for this lane reads on meanwhile.
-    fn wait_for_a_slot(
-        &self,
-        message: Message,
-        served: Arc<Served>,
-        reply_to: Subject,
-        received: Instant,
-    ) {
+    fn wait_for_a_slot(&self, message: Message, served: Arc<Served>, received: Instant) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let client = self.client.clone();
         let shared = self.shared.clone();
@@ -303,7 +302,9 @@ impl Lane {
                 Err(refusal) => {
                     let stats = &shared.stats;
                     let outcome = overloaded(&served, &message, refusal, stats);
-                    refuse(&client, stats, reply_to, outcome, &served.stats, received).await;
+                    if let Some(reply_to) = message.reply {
+                        refuse(&client, stats, reply_to, outcome, &served.stats, received).await;
+                    }
                 }
             }
             waiting.fetch_sub(1, Ordering::AcqRel);

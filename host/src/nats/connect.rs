@@ -44,7 +44,10 @@ pub async fn connect_with(config: &NatsConfig) -> anyhow::Result<NatsConnection>
         config,
     ));
     let events = monitor.clone();
-    let client = open(config, move |event| events.on_event(event)).await?;
+    let client = open(config, Publishes::AnySubject, move |event| {
+        events.on_event(event)
+    })
+    .await?;
     let _ = monitor.client.set(client.clone());
     let info = client.server_info();
     tracing::info!(
@@ -70,7 +73,7 @@ pub async fn connect_lane(
     config: &NatsConfig,
     monitor: Arc<ConnectionMonitor>,
 ) -> anyhow::Result<Client> {
-    open(config, move |event| match event {
+    open(config, Publishes::RepliesOnly, move |event| match event {
         async_nats::Event::Connected
         | async_nats::Event::Disconnected
         | async_nats::Event::LameDuckMode
@@ -94,9 +97,21 @@ fn shown_urls(config: &NatsConfig) -> String {
     shown.join(", ")
 }
 
+/// What a connection publishes to.
+#[derive(Clone, Copy, PartialEq)]
+enum Publishes {
+    /// Subjects of the host's own making (logs, announcements, replies).
+    AnySubject,
+    /// Only the reply subjects of messages it received: the server parsed
+    /// them out of a message's protocol line, so they cannot hold the
+    /// whitespace the client's check on each publish looks for.
+    RepliesOnly,
+}
+
 /// Open a connection as `config` says, handing its events to `on_event`.
 async fn open(
     config: &NatsConfig,
+    publishes: Publishes,
     on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
 ) -> anyhow::Result<Client> {
     let urls = config.urls_or_default();
@@ -114,6 +129,7 @@ async fn open(
         .connection_timeout(timeout)
         .max_reconnects(config.max_reconnects)
         .subscription_capacity(config.subscription_capacity)
+        .skip_subject_validation(publishes == Publishes::RepliesOnly)
         .reconnect_delay_callback({
             let base = Duration::from_millis(config.reconnect_wait_ms);
             let max = Duration::from_millis(config.reconnect_max_wait_ms);

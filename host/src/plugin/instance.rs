@@ -11,7 +11,7 @@ use wasmtime::Store;
 use super::LoadedPlugin;
 use super::exports::Exports;
 use crate::logs::LogRecord;
-use crate::sandbox::{CallContext, InstanceState};
+use crate::sandbox::{CallIds, InstanceState};
 
 /// Longest a new instance may spend in start-up code and its `init` hook.
 const START_UP_DEADLINE: Duration = Duration::from_secs(10);
@@ -80,7 +80,7 @@ impl PluginInstance {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.store.data_mut().begin_call(CallContext::default());
+        self.store.data_mut().begin_call(CallIds::default());
         self.store
             .set_epoch_deadline(crate::engine::deadline_ticks(START_UP_DEADLINE));
         let outcome = init
@@ -102,8 +102,8 @@ impl PluginInstance {
 
     /// Get ready for a call: the ids its log records carry, and the
     /// deadline after which the call traps.
-    pub fn begin_call(&mut self, call: CallContext, timeout: Duration) {
-        self.store.data_mut().begin_call(call);
+    pub fn begin_call(&mut self, ids: CallIds<'_>, timeout: Duration) {
+        self.store.data_mut().begin_call(ids);
         self.store
             .set_epoch_deadline(crate::engine::deadline_ticks(timeout));
     }
