@@ -44,9 +44,9 @@ pub struct PluginIdentity {
 /// The ids of the call in progress, attached to the records it logs.
 #[derive(Debug, Default, Clone)]
 struct CallContext {
-    pub request_id: String,
-    pub session_id: Option<u64>,
-    pub trace_id: Option<String>,
+    request_id: String,
+    session_id: Option<u64>,
+    trace_id: Option<String>,
 }
 
 /// The ids of a call about to start, borrowed from its request.
@@ -238,4 +238,53 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)?;
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_holds_exactly_its_own_ids() {
+        let mut held = CallContext::default();
+        let traced = CallIds {
+            request_id: "r-1",
+            session_id: Some(7),
+            trace_id: Some("t-1"),
+        };
+        held.hold(traced);
+        assert_eq!(
+            (
+                held.request_id.as_str(),
+                held.session_id,
+                held.trace_id.as_deref()
+            ),
+            ("r-1", Some(7), Some("t-1"))
+        );
+        held.hold(CallIds {
+            request_id: "r-22",
+            ..CallIds::default()
+        });
+        assert_eq!(
+            (
+                held.request_id.as_str(),
+                held.session_id,
+                held.trace_id.as_deref()
+            ),
+            ("r-22", None, None)
+        );
+        held.hold(CallIds {
+            request_id: "r",
+            trace_id: Some("t-333"),
+            ..traced
+        });
+        held.hold(CallIds {
+            trace_id: Some("t"),
+            ..traced
+        });
+        assert_eq!(
+            (held.request_id.as_str(), held.trace_id.as_deref()),
+            ("r-1", Some("t"))
+        );
+    }
 }
