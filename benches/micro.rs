@@ -218,14 +218,7 @@ fn call_benches(
     let mut instance = plugin.instantiate().unwrap();
     c.bench_function(&format!("guest/warm/{name}"), |b| {
         b.iter(|| {
-            dispatch::call(
-                &mut instance,
-                Phase::RequestFilter,
-                request.clone(),
-                None,
-                timeout,
-            )
-            .unwrap()
+            dispatch::call(&mut instance, Phase::RequestFilter, &request, None, timeout).unwrap()
         })
     });
     drop(instance);

@@ -21,16 +21,17 @@ use crate::sandbox::CallIds;
 pub fn call(
     instance: &mut PluginInstance,
     phase: Phase,
-    request: PhaseRequestView<'_>,
+    request: &PhaseRequestView<'_>,
     trace_id: Option<String>,
     timeout: Duration,
 ) -> wasmtime::Result<PhaseReply> {
-    let PhaseRequestView {
+    // Borrowed: the view is large, and a move of it is a copy.
+    let &PhaseRequestView {
         request_id,
         session_id,
-        request: http_request,
-        response,
-        chunk,
+        request: ref http_request,
+        ref response,
+        ref chunk,
         duration_ms,
         ..
     } = request;
@@ -42,7 +43,7 @@ pub fn call(
     instance.begin_call(ids, timeout);
     let (exports, store, scratch) = instance.parts();
     let exchange = Exchange {
-        request: &http_request,
+        request: http_request,
         response: response.as_ref(),
         chunk: chunk.as_ref(),
         duration_ms,

@@ -98,7 +98,7 @@ pub fn run(
     // Borrowed from the message; copied only if the call fails.
     let request_id = request.request_id;
     let timeout = plugin.limits.call_timeout;
-    let result = call(instance, phase, request, trace_id, timeout);
+    let result = call(instance, phase, &request, trace_id, timeout);
     let (records, dropped_records) = instance.end_call();
     // A decision the guest returned but the protocol cannot carry is the
     // guest's answer, like any invalid decision: the instance is sound.
