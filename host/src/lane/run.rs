@@ -270,8 +270,8 @@ impl Lane {
                     }
                 },
             };
-        // Present (checked above); a queued message keeps its own, as a
-        // clone of the subject would copy it.
+        // Present (checked above), and taken rather than cloned: the
+        // message is done with it.
         let Some(reply_to) = message.reply else {
             return;
         };
