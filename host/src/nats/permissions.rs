@@ -36,10 +36,9 @@ impl PermissionViolation {
             message.strip_prefix("Permissions Violation for Subscription to ")
         {
             (PermissionOperation::Subscribe, rest)
-        } else if let Some(rest) = message.strip_prefix("Permissions Violation for Publish to ") {
-            (PermissionOperation::Publish, rest)
         } else {
-            return None;
+            let rest = message.strip_prefix("Permissions Violation for Publish to ")?;
+            (PermissionOperation::Publish, rest)
         };
         let subject = rest
             .strip_prefix('"')
