@@ -7,16 +7,25 @@ use std::collections::VecDeque;
 
 use crate::executor::scheduler::Scheduled;
 
+/// The most jobs a spare line keeps room for; a line grown past it by a
+/// burst is freed when it runs out.
+const SPARE_LINE_CAPACITY: usize = 256;
+
 /// The jobs a lane has read, by plugin, in turn order.
 pub struct LaneQueue<J> {
     /// One line per plugin with a job waiting; the front one goes next.
     lines: VecDeque<VecDeque<J>>,
+    /// Lines that ran out, kept with their capacity for the next plugin
+    /// that queues: a line is emptied and refilled on every batch, and
+    /// growing a new one job by job would copy the jobs again each time.
+    spare: Vec<VecDeque<J>>,
 }
 
 impl<J> Default for LaneQueue<J> {
     fn default() -> Self {
         LaneQueue {
             lines: VecDeque::new(),
+            spare: Vec::new(),
         }
     }
 }
@@ -31,7 +40,11 @@ impl<J: Scheduled> LaneQueue<J> {
             .find(|line| line[0].plugin_name() == name)
         {
             Some(line) => line.push_back(job),
-            None => self.lines.push_back(VecDeque::from([job])),
+            None => {
+                let mut line = self.spare.pop().unwrap_or_default();
+                line.push_back(job);
+                self.lines.push_back(line);
+            }
         }
     }
 
@@ -45,7 +58,11 @@ impl<J: Scheduled> LaneQueue<J> {
     pub fn pop(&mut self) -> Option<J> {
         let mut line = self.lines.pop_front()?;
         let job = line.pop_front()?;
-        if !line.is_empty() {
+        if line.is_empty() {
+            if line.capacity() <= SPARE_LINE_CAPACITY {
+                self.spare.push(line);
+            }
+        } else {
             self.lines.push_back(line);
         }
         Some(job)
@@ -90,6 +107,28 @@ mod tests {
                 ("flooded", 2),
                 ("flooded", 3),
             ]
+        );
+    }
+
+    #[test]
+    fn lines_that_ran_out_are_reused_and_a_burst_is_not_kept() {
+        let mut queue = LaneQueue::default();
+        for round in 0..3 {
+            for id in 0..8 {
+                queue.push(TestJob("a", id));
+            }
+            queue.push(TestJob("b", round));
+            while queue.pop().is_some() {}
+            assert_eq!(queue.spare.len(), 2, "round {round}");
+        }
+        for id in 0..=SPARE_LINE_CAPACITY as u32 {
+            queue.push(TestJob("a", id));
+        }
+        while queue.pop().is_some() {}
+        assert_eq!(
+            queue.spare.len(),
+            1,
+            "the line grown past the bound is freed"
         );
     }
 
